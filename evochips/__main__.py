@@ -1,0 +1,3 @@
+from evochips.cli import main
+
+main()

@@ -1,0 +1,14 @@
+"""Persistence: models, the engine and its transactions, and migrations."""
+
+from evochips.db.engine import DEFAULT_URL, Database, DatabaseUnavailable
+from evochips.db.models import Base, Chip, ChipTransition, WebhookEventRow
+
+__all__ = [
+    "DEFAULT_URL",
+    "Base",
+    "Chip",
+    "ChipTransition",
+    "Database",
+    "DatabaseUnavailable",
+    "WebhookEventRow",
+]

@@ -1,0 +1,122 @@
+"""The database: one engine per process, short write transactions, honest failures.
+
+SQLite is the embedded default and PostgreSQL the production backend; both get the same
+guarantee that two writers for one chip never interleave. On PostgreSQL that comes from
+``SELECT ... FOR UPDATE`` on the chip row. SQLite ignores ``FOR UPDATE``, so every write
+transaction starts with ``BEGIN IMMEDIATE`` (the database-wide write lock, which also
+covers other processes such as the CLI) and, inside one process, waits its turn on an
+``asyncio.Lock`` instead of spinning in SQLite's busy handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+DEFAULT_URL = "sqlite+aiosqlite:///./evochips.db"
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or did not answer in time; try again later."""
+
+
+class Database:
+    def __init__(self, url: str | URL = DEFAULT_URL) -> None:
+        self.url = make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine: AsyncEngine = create_async_engine(self.url, **self._engine_options())
+        if self.is_sqlite:
+            _configure_sqlite(self.engine)
+        self._writers = asyncio.Lock() if self.is_sqlite else None
+        self._write_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(
+            self.engine.execution_options(evochips_read_only=True), expire_on_commit=False
+        )
+
+    def _engine_options(self) -> dict[str, Any]:
+        if self.is_sqlite:
+            return {"connect_args": {"timeout": 30}}
+        return {
+            "pool_pre_ping": True,
+            "pool_timeout": 10,
+            # asyncpg: give up connecting after 5 s and on any statement after 15 s, so a
+            # stuck database turns into DatabaseUnavailable instead of a hung request.
+            "connect_args": {"timeout": 5, "command_timeout": 15},
+        }
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction; commits on success, rolls back on any exception."""
+        async with (
+            self._writer_turn(),
+            _unavailable_on_failure(),
+            self._write_sessions() as session,
+            session.begin(),
+        ):
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncSession]:
+        async with _unavailable_on_failure(), self._read_sessions() as session:
+            yield session
+
+    async def ping(self) -> None:
+        """Raise DatabaseUnavailable unless a trivial query answers."""
+        async with self.read() as session:
+            await session.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+    def _writer_turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._writers if self._writers is not None else contextlib.nullcontext()
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_on_failure() -> AsyncIterator[None]:
+    """Translate "the database is not there" into DatabaseUnavailable, in one place."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseUnavailable(_describe(exc)) from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable(_describe(exc)) from exc
+        raise
+    except (OSError, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"database unreachable ({type(exc).__name__})") from exc
+
+
+def _describe(exc: DBAPIError) -> str:
+    original = exc.orig if exc.orig is not None else exc
+    return f"database unavailable ({type(original).__name__})"
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us emit BEGIN ourselves; the driver's implicit BEGIN is deferred.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        read_only = connection.get_execution_options().get("evochips_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -1,0 +1,152 @@
+"""Tables: chips, their transition history, and every webhook delivery received."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only autoincrements INTEGER PRIMARY KEY, not BIGINT.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """An aware UTC timestamp on every backend (SQLite stores it without an offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Chip(Base):
+    __tablename__ = "chips"
+    __table_args__ = (
+        # A deleted chip keeps its name for the record; a new chip may reuse it.
+        Index(
+            "uq_chips_live_instance_name",
+            "instance_name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
+        Index("ix_chips_instance_name", "instance_name"),
+        Index("ix_chips_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    telefone: Mapped[str] = mapped_column(String(20))
+    instance_name: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    connection_state: Mapped[str] = mapped_column(String(16))
+    evolution_connected: Mapped[bool] = mapped_column(Boolean, default=False)
+    evolution_instance_id: Mapped[str | None] = mapped_column(String(64))
+    evolution_qr_code: Mapped[str | None] = mapped_column(Text)
+    evolution_pairing_code: Mapped[str | None] = mapped_column(String(32))
+    status_reason: Mapped[int | None] = mapped_column(Integer)
+    owner_jid: Mapped[str | None] = mapped_column(String(128))
+    profile_name: Mapped[str | None] = mapped_column(String(255))
+    # Evolution's date_time of the last applied event: server-local time labelled UTC, so
+    # it is stored naive and compared only with other Evolution date_time values.
+    evolution_date_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+class WebhookEventRow(Base):
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        # The first delivery of an event owns its key; later copies are rows marked
+        # duplicate, so the index is what makes "exactly one effect" hold under races.
+        Index(
+            "uq_webhook_events_first_delivery",
+            "dedupe_key",
+            unique=True,
+            sqlite_where=text("outcome <> 'duplicate'"),
+            postgresql_where=text("outcome <> 'duplicate'"),
+        ),
+        Index("ix_webhook_events_instance_name", "instance_name"),
+        Index("ix_webhook_events_received_at", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(64))
+    instance_name: Mapped[str | None] = mapped_column(String(255))
+    event: Mapped[str] = mapped_column(String(64))
+    date_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    body: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(String(255))
+    chip_id: Mapped[str | None] = mapped_column(ForeignKey("chips.id", ondelete="RESTRICT"))
+
+
+class ChipTransition(Base):
+    __tablename__ = "chip_transitions"
+    __table_args__ = (
+        UniqueConstraint("chip_id", "seq"),
+        Index("ix_chip_transitions_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    chip_id: Mapped[str] = mapped_column(ForeignKey("chips.id", ondelete="RESTRICT"))
+    seq: Mapped[int] = mapped_column(Integer)
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    from_connection: Mapped[str | None] = mapped_column(String(16))
+    to_connection: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16))
+    status_reason: Mapped[int | None] = mapped_column(Integer)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", Json, default=dict)
+    webhook_event_id: Mapped[int | None] = mapped_column(
+        BigId, ForeignKey("webhook_events.id", ondelete="RESTRICT")
+    )
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -1,0 +1,229 @@
+"""What Evolution answers, as small typed values, and the bodies we send it.
+
+v1.8 and v2.x disagree on most shapes (reference section 6); the parsers here accept
+both and raise EvolutionProtocolError for anything else, so the client never hands a
+caller raw JSON or a KeyError.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from evochips.evolution.errors import EvolutionProtocolError
+
+WEBHOOK_EVENTS = ("QRCODE_UPDATED", "CONNECTION_UPDATE", "LOGOUT_INSTANCE", "REMOVE_INSTANCE")
+# v1.8 has no LOGOUT_INSTANCE or REMOVE_INSTANCE events.
+WEBHOOK_EVENTS_V1 = ("QRCODE_UPDATED", "CONNECTION_UPDATE")
+
+
+@dataclass(frozen=True)
+class QrCode:
+    """A connect answer carrying a QR (or, with ``count == 0``, the promise of one)."""
+
+    base64: str | None = None
+    code: str | None = None
+    pairing_code: str | None = None
+    count: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.base64 or self.code)
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """A connect or restart answer in the connectionState shape: no QR, just a state."""
+
+    state: str
+
+
+@dataclass(frozen=True)
+class CreatedInstance:
+    instance_id: str | None
+    status: str | None
+    qr: QrCode | None
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """One instance as fetchInstances lists it (``state`` lags: it comes from Evolution's
+    database, not the live socket)."""
+
+    name: str
+    instance_id: str | None
+    state: str | None
+    owner_jid: str | None
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """Where Evolution should post an instance's events and how it proves itself."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WebhookInfo:
+    url: str
+    enabled: bool
+    events: tuple[str, ...]
+
+
+class LogoutOutcome(enum.StrEnum):
+    LOGGED_OUT = "logged_out"
+    NOT_CONNECTED = "not_connected"
+
+
+class DeleteOutcome(enum.StrEnum):
+    DELETED = "deleted"
+    ABSENT = "absent"
+
+
+def parse_connect(answer: Any, path: str) -> QrCode | InstanceState:
+    """Connect and restart answer a QR object, ``{"count":0}``, or the state shape."""
+    body = expect_dict(answer, path)
+    instance = body.get("instance")
+    if isinstance(instance, dict) and isinstance(body.get("qrcode"), dict):
+        return parse_qr(body["qrcode"])
+    if isinstance(instance, dict):
+        state = instance.get("state") or instance.get("status")
+        if isinstance(state, str):
+            return InstanceState(state)
+    if {"count", "base64", "code", "pairingCode"} & body.keys():
+        return parse_qr(body)
+    raise EvolutionProtocolError(f"Evolution API answered {path} with an unknown shape")
+
+
+def parse_qr(body: dict[str, Any]) -> QrCode:
+    count = body.get("count")
+    return QrCode(
+        base64=text_or_none(body.get("base64")),
+        code=text_or_none(body.get("code")),
+        pairing_code=text_or_none(body.get("pairingCode")),
+        count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
+    )
+
+
+def parse_created(answer: Any) -> CreatedInstance:
+    body = expect_dict(answer, "/instance/create")
+    instance = expect_dict(body.get("instance"), "/instance/create")
+    qrcode = body.get("qrcode")
+    return CreatedInstance(
+        instance_id=text_or_none(instance.get("instanceId")),
+        status=text_or_none(instance.get("status")),
+        qr=parse_qr(qrcode) if isinstance(qrcode, dict) else None,
+    )
+
+
+def parse_instances(answer: Any) -> list[InstanceInfo]:
+    """fetchInstances: v2 lists flat rows; v1 wraps each in ``instance`` and answers a
+    single object, not a list, when filtered by name with the global key."""
+    items = answer if isinstance(answer, list) else [answer]
+    parsed = []
+    for item in items:
+        row = expect_dict(item, "/instance/fetchInstances")
+        v1 = row.get("instance")
+        if isinstance(v1, dict):
+            name, instance_id = v1.get("instanceName"), v1.get("instanceId")
+            state, owner = v1.get("status"), v1.get("owner")
+        else:
+            name, instance_id = row.get("name"), row.get("id")
+            state, owner = row.get("connectionStatus"), row.get("ownerJid")
+        if not isinstance(name, str):
+            raise EvolutionProtocolError("fetchInstances listed an instance without a name")
+        parsed.append(
+            InstanceInfo(
+                name=name,
+                instance_id=text_or_none(instance_id),
+                state=text_or_none(state),
+                owner_jid=text_or_none(owner),
+            )
+        )
+    return parsed
+
+
+def parse_webhook(answer: Any) -> WebhookInfo | None:
+    """webhook/find and webhook/set; None when the instance has no webhook (v2 answers
+    ``null``, v1 a disabled object with an empty URL)."""
+    if answer is None:
+        return None
+    body = expect_dict(answer, "/webhook")
+    nested = body.get("webhook")
+    if isinstance(nested, dict):  # v1 set: {"webhook": {"instanceName", "webhook": {...}}}
+        inner = nested.get("webhook")
+        body = inner if isinstance(inner, dict) else nested
+    url = text_or_none(body.get("url"))
+    if url is None:
+        return None
+    events = body.get("events")
+    return WebhookInfo(
+        url=url,
+        enabled=body.get("enabled") is not False,
+        events=tuple(e for e in events if isinstance(e, str)) if isinstance(events, list) else (),
+    )
+
+
+def major_version(answer: Any) -> int:
+    version = answer.get("version") if isinstance(answer, dict) else None
+    if not isinstance(version, str) or not version[:1].isdigit():
+        raise EvolutionProtocolError("Evolution API did not say its version on GET /")
+    return 1 if version.split(".")[0] == "1" else 2
+
+
+def create_body(version: int, name: str, webhook: WebhookTarget) -> dict[str, Any]:
+    """A create request that shows a QR at once and points the instance's webhook at us."""
+    common = {
+        "instanceName": name,
+        "integration": "WHATSAPP-BAILEYS",
+        "qrcode": True,
+        # v1 answers 400 "Token already exists" to a create without a token once any
+        # instance exists (reference section 2.2), so a fresh one is always sent.
+        "token": str(uuid.uuid4()).upper(),
+    }
+    if version == 1:
+        return {**common, **_webhook_v1(webhook)}
+    return {**common, "webhook": _webhook_v2(webhook)}
+
+
+def webhook_body(version: int, webhook: WebhookTarget) -> dict[str, Any]:
+    """A webhook/set request body."""
+    if version == 1:
+        return {"url": webhook.url, **_webhook_v1(webhook, url_key=None), "enabled": True}
+    return {"webhook": {"enabled": True, **_webhook_v2(webhook)}}
+
+
+def _webhook_v2(webhook: WebhookTarget) -> dict[str, Any]:
+    return {
+        "url": webhook.url,
+        "byEvents": False,
+        "base64": False,
+        "headers": dict(webhook.headers),
+        "events": list(WEBHOOK_EVENTS),
+    }
+
+
+def _webhook_v1(webhook: WebhookTarget, url_key: str | None = "webhook") -> dict[str, Any]:
+    # v1 sends no custom headers, so the secret must be in the URL (see the receiver).
+    body: dict[str, Any] = {
+        "webhook_by_events": False,
+        "webhook_base64": False,
+        "events": list(WEBHOOK_EVENTS_V1),
+    }
+    if url_key is not None:
+        body[url_key] = webhook.url
+    return body
+
+
+def expect_dict(value: Any, path: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        where = f" to {path}" if path else ""
+        raise EvolutionProtocolError(f"Evolution API answer{where} is not a JSON object")
+    return value
+
+
+def text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,454 @@
+"""Applying the state machine to stored chips, one short transaction at a time.
+
+Every change to a chip, from a command, a poll or a webhook, goes through :func:`_apply`:
+the chip row is locked, the machine decides, the chip is updated with a version
+compare-and-set, and a history row is appended with the next per-chip sequence number.
+No network call happens while a transaction here is open.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evochips.db import Chip, ChipTransition, Database, WebhookEventRow
+from evochips.db.models import utcnow
+from evochips.evolution.events import QrImage, WebhookEvent
+from evochips.statemachine import (
+    ChipStatus,
+    ConnectionState,
+    Decision,
+    InvalidTransition,
+    Trigger,
+    decide,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Source(enum.StrEnum):
+    COMMAND = "command"
+    WEBHOOK = "webhook"
+    POLL = "poll"
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    IGNORED = "ignored"
+    UNMATCHED = "unmatched"
+
+
+class ChipNotFound(LookupError):
+    pass
+
+
+class RegistrationConflict(Exception):
+    """The instance name or chip id is already taken by a live chip."""
+
+
+class ConcurrentChange(Exception):
+    """The chip changed under us although we held its lock; should never happen."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What arrived with a trigger besides the trigger itself."""
+
+    status_reason: int | None = None
+    wuid: str | None = None
+    profile_name: str | None = None
+    qr: QrImage | None = None
+    evolution_date_time: datetime | None = None
+    note: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Applied:
+    chip: Chip
+    decision: Decision
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    outcome: Outcome
+    event_id: int
+    chip_id: str | None = None
+    decision: Decision | None = None
+    detail: str | None = None
+
+
+async def register(
+    db: Database, instance_name: str, telefone: str, chip_id: str | None = None
+) -> Chip:
+    """Write a new ``pending`` chip, or re-attach a deleted chip to a new instance.
+
+    Raises RegistrationConflict when the name belongs to a live chip or ``chip_id`` is live.
+    """
+    try:
+        async with db.write() as session:
+            if await _live_chip(session, instance_name) is not None:
+                raise RegistrationConflict(f"instance name {instance_name!r} is already in use")
+            existing = await _lock(session, Chip.id == chip_id) if chip_id else None
+            if existing is None:
+                return await _insert_chip(
+                    session, chip_id or str(uuid.uuid4()), instance_name, telefone
+                )
+            if existing.status != ChipStatus.DELETED:
+                raise RegistrationConflict(
+                    f"chip {existing.id} already has instance {existing.instance_name!r} "
+                    f"(status {existing.status})"
+                )
+            decision = decide(
+                existing.id,
+                Trigger.REGISTERED,
+                ChipStatus.DELETED,
+                ConnectionState(existing.connection_state),
+            )
+            note = {"instance_name": instance_name, "previous_instance": existing.instance_name}
+            reset = {
+                "instance_name": instance_name,
+                "telefone": telefone,
+                "deleted_at": None,
+                "evolution_instance_id": None,
+                "evolution_date_time": None,
+                "status_reason": None,
+                "owner_jid": None,
+                "profile_name": None,
+            }
+            chip = await _apply(
+                session, existing, decision, Source.COMMAND, Facts(note=note), None, reset
+            )
+            return chip
+    except IntegrityError as exc:
+        # Two registrations raced past the checks above; the unique indexes decided.
+        raise RegistrationConflict(
+            f"instance name {instance_name!r} or chip id is already registered"
+        ) from exc
+
+
+async def fire(
+    db: Database,
+    chip_id: str,
+    trigger: Trigger,
+    source: Source,
+    facts: Facts | None = None,
+    changes: dict[str, Any] | None = None,
+) -> Applied:
+    """Apply ``trigger`` to a chip by id; raises ChipNotFound or InvalidTransition."""
+    async with db.write() as session:
+        chip = await _lock(session, Chip.id == chip_id)
+        if chip is None:
+            raise ChipNotFound(f"no chip with id {chip_id}")
+        decision = decide(
+            chip.instance_name,
+            trigger,
+            ChipStatus(chip.status),
+            ConnectionState(chip.connection_state),
+        )
+        chip = await _apply(session, chip, decision, source, facts or Facts(), None, changes)
+        return Applied(chip, decision)
+
+
+async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
+    """Store a delivery and apply it to its chip if it is new, current and allowed."""
+    signal = event.signal
+    if signal is None or event.instance is None:
+        async with db.write() as session:
+            return await _store_event(session, event, Outcome.IGNORED, event.ignore_reason)
+
+    async with db.write() as session:
+        chip = await _lock(session, _is_live(event.instance))
+        if chip is None:
+            outcome, detail = await _without_chip(session, event.instance)
+            return await _store_event(session, event, outcome, detail)
+
+        facts = Facts(
+            status_reason=signal.status_reason,
+            wuid=signal.wuid,
+            profile_name=signal.profile_name,
+            qr=signal.qr,
+            evolution_date_time=event.date_time,
+        )
+        if _is_stale(event.date_time, chip.evolution_date_time):
+            return await _store_event(
+                session,
+                event,
+                Outcome.STALE,
+                "older than the last event applied to the chip",
+                chip.id,
+            )
+        try:
+            decision = decide(
+                chip.instance_name,
+                signal.trigger,
+                ChipStatus(chip.status),
+                ConnectionState(chip.connection_state),
+            )
+        except InvalidTransition as exc:
+            return await _store_event(session, event, Outcome.IGNORED, str(exc), chip.id)
+
+        result = await _store_event(session, event, Outcome.APPLIED, None, chip.id)
+        if result.outcome is Outcome.APPLIED:
+            await _apply(session, chip, decision, Source.WEBHOOK, facts, result.event_id)
+            return WebhookResult(Outcome.APPLIED, result.event_id, chip.id, decision)
+        return result
+
+
+async def _apply(
+    session: AsyncSession,
+    chip: Chip,
+    decision: Decision,
+    source: Source,
+    facts: Facts,
+    webhook_event_id: int | None,
+    changes: dict[str, Any] | None = None,
+) -> Chip:
+    """Write a decision: update the locked chip and, if anything moved, append history."""
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": decision.to_status.value,
+        "connection_state": decision.to_connection.value,
+        "evolution_connected": decision.to_connection is ConnectionState.OPEN,
+        "version": chip.version + 1,
+        "updated_at": now,
+        **_qr_values(decision, facts.qr),
+    }
+    if facts.status_reason is not None:
+        values["status_reason"] = facts.status_reason
+    if decision.trigger is Trigger.CONNECTED:
+        values["owner_jid"] = facts.wuid or chip.owner_jid
+        values["profile_name"] = facts.profile_name or chip.profile_name
+    if facts.evolution_date_time is not None and not _is_stale(
+        chip.evolution_date_time, facts.evolution_date_time
+    ):
+        values["evolution_date_time"] = facts.evolution_date_time
+    if decision.to_status is ChipStatus.DELETED and chip.deleted_at is None:
+        values["deleted_at"] = now
+    values.update(changes or {})
+
+    result = await session.execute(
+        update(Chip)
+        .where(Chip.id == chip.id, Chip.version == chip.version)
+        .values(**values)
+        .returning(Chip)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    updated = result.scalar_one_or_none()
+    if updated is None:
+        raise ConcurrentChange(f"chip {chip.id} changed while locked")
+    if decision.changed:
+        await _append_history(session, chip.id, decision, source, facts, webhook_event_id, now)
+        logger.info(
+            "chip %s %s: %s/%s -> %s/%s (%s)",
+            chip.instance_name,
+            decision.trigger.value,
+            decision.from_status.value,
+            decision.from_connection.value,
+            decision.to_status.value,
+            decision.to_connection.value,
+            source.value,
+        )
+    return updated
+
+
+def _qr_values(decision: Decision, qr: QrImage | None) -> dict[str, Any]:
+    """The stored QR is the latest one while the chip waits for a scan, and nothing after."""
+    if decision.trigger is Trigger.QR_UPDATED and qr is not None:
+        return {"evolution_qr_code": qr.base64, "evolution_pairing_code": qr.pairing_code}
+    waiting = decision.to_connection in (ConnectionState.CONNECTING, ConnectionState.CLOSE)
+    if (
+        waiting
+        and decision.trigger is not Trigger.LOGGED_OUT
+        and decision.to_status
+        not in (
+            ChipStatus.BANNED,
+            ChipStatus.DELETED,
+        )
+    ):
+        return {}
+    return {"evolution_qr_code": None, "evolution_pairing_code": None}
+
+
+async def _append_history(
+    session: AsyncSession,
+    chip_id: str,
+    decision: Decision,
+    source: Source,
+    facts: Facts,
+    webhook_event_id: int | None,
+    now: datetime,
+) -> None:
+    next_seq = (
+        select(func.coalesce(func.max(ChipTransition.seq), 0) + 1)
+        .where(ChipTransition.chip_id == chip_id)
+        .scalar_subquery()
+    )
+    await session.execute(
+        insert(ChipTransition).values(
+            chip_id=chip_id,
+            seq=next_seq,
+            from_status=decision.from_status.value,
+            to_status=decision.to_status.value,
+            from_connection=decision.from_connection.value,
+            to_connection=decision.to_connection.value,
+            trigger=decision.trigger.value,
+            source=source.value,
+            status_reason=facts.status_reason,
+            meta=_metadata(facts),
+            webhook_event_id=webhook_event_id,
+            created_at=now,
+        )
+    )
+
+
+def _metadata(facts: Facts) -> dict[str, Any]:
+    """Small, secret-free context for a history row: never tokens, keys or QR codes."""
+    meta: dict[str, Any] = dict(facts.note)
+    if facts.wuid:
+        meta["wuid"] = facts.wuid
+    if facts.evolution_date_time is not None:
+        meta["evolution_date_time"] = facts.evolution_date_time.isoformat()
+    return meta
+
+
+async def _insert_chip(
+    session: AsyncSession, chip_id: str, instance_name: str, telefone: str
+) -> Chip:
+    now = utcnow()
+    chip = Chip(
+        id=chip_id,
+        telefone=telefone,
+        instance_name=instance_name,
+        status=ChipStatus.PENDING.value,
+        connection_state=ConnectionState.CLOSE.value,
+        evolution_connected=False,
+        version=1,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(chip)
+    session.add(
+        ChipTransition(
+            chip_id=chip_id,
+            seq=1,
+            from_status=None,
+            to_status=ChipStatus.PENDING.value,
+            from_connection=None,
+            to_connection=ConnectionState.CLOSE.value,
+            trigger=Trigger.REGISTERED.value,
+            source=Source.COMMAND.value,
+            meta={"instance_name": instance_name},
+            created_at=now,
+        )
+    )
+    await session.flush()
+    logger.info("chip %s registered: -> pending/close (command)", instance_name)
+    return chip
+
+
+async def _store_event(
+    session: AsyncSession,
+    event: WebhookEvent,
+    outcome: Outcome,
+    detail: str | None,
+    chip_id: str | None = None,
+) -> WebhookResult:
+    """Insert the delivery's row; a second copy of a known delivery becomes ``duplicate``."""
+    values = {
+        "dedupe_key": event.dedupe_key,
+        "instance_name": event.instance,
+        "event": event.event,
+        "date_time": event.date_time,
+        "received_at": utcnow(),
+        "body": event.stored_body,
+        "outcome": outcome.value,
+        "detail": (detail or "")[:255] or None,
+        "chip_id": chip_id,
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    first = (
+        dialect.insert(WebhookEventRow)
+        .values(**values)
+        .on_conflict_do_nothing(
+            index_elements=["dedupe_key"],
+            index_where=WebhookEventRow.outcome != Outcome.DUPLICATE.value,
+        )
+        .returning(WebhookEventRow.id)
+    )
+    event_id = (await session.execute(first)).scalar_one_or_none()
+    if event_id is None:
+        outcome, detail = Outcome.DUPLICATE, "delivered before"
+        values.update(outcome=outcome.value, detail=detail, body=None)
+        copy = insert(WebhookEventRow).values(**values).returning(WebhookEventRow.id)
+        event_id = (await session.execute(copy)).scalar_one()
+    logger.info("webhook %s for %s: %s", event.event, event.instance or "-", outcome.value)
+    return WebhookResult(outcome, event_id, chip_id, None, detail)
+
+
+async def _without_chip(session: AsyncSession, instance: str) -> tuple[Outcome, str]:
+    deleted = await session.scalar(select(Chip.id).where(Chip.instance_name == instance).limit(1))
+    if deleted is not None:
+        return Outcome.IGNORED, f"chip {deleted} for instance {instance!r} is deleted"
+    return Outcome.UNMATCHED, f"no chip has instance {instance!r}"
+
+
+async def _lock(session: AsyncSession, condition: Any) -> Chip | None:
+    # FOR UPDATE serialises writers per chip on PostgreSQL; SQLite drops the clause and
+    # relies on the BEGIN IMMEDIATE every write transaction starts with.
+    result = await session.execute(select(Chip).where(condition).with_for_update())
+    return result.scalar_one_or_none()
+
+
+async def _live_chip(session: AsyncSession, instance_name: str) -> Chip | None:
+    return await session.scalar(select(Chip).where(_is_live(instance_name)))
+
+
+def _is_live(instance_name: str) -> Any:
+    return (Chip.instance_name == instance_name) & Chip.deleted_at.is_(None)
+
+
+def _is_stale(candidate: datetime | None, last_applied: datetime | None) -> bool:
+    """Strictly older than the last applied event; equal times are not stale because
+    Evolution emits several events in the same millisecond."""
+    return candidate is not None and last_applied is not None and candidate < last_applied
+
+
+async def remember_instance(db: Database, chip_id: str, instance_id: str | None) -> None:
+    """Store Evolution's id for the chip's instance; not a state change, so no history."""
+    if instance_id is None:
+        return
+    async with db.write() as session:
+        await session.execute(
+            update(Chip)
+            .where(Chip.id == chip_id)
+            .values(
+                evolution_instance_id=instance_id, version=Chip.version + 1, updated_at=utcnow()
+            )
+        )
+
+
+async def find_chip(db: Database, instance_name: str, *, include_deleted: bool = False) -> Chip:
+    """The live chip with this instance name (or, if asked, the latest deleted one)."""
+    async with db.read() as session:
+        chip = await _live_chip(session, instance_name)
+        if chip is None and include_deleted:
+            chip = await session.scalar(
+                select(Chip)
+                .where(Chip.instance_name == instance_name)
+                .order_by(Chip.deleted_at.desc())
+                .limit(1)
+            )
+    if chip is None:
+        raise ChipNotFound(f"no chip has instance {instance_name!r}")
+    return chip

@@ -1,0 +1,290 @@
+"""InstanceManager: the commands a backend issues for its chips.
+
+The method names and the dicts they return are the original Portuguese API, kept as it
+was so existing callers keep working. Every method returns a dict: ``sucesso`` is True on
+success, and on failure it is False with an ``error`` sentence; no exception escapes for
+an Evolution, database or validation failure.
+
+Each command keeps Evolution calls outside database transactions: it reads or writes the
+chip in one short transaction, calls Evolution, then records what Evolution answered in
+another, through the same state machine the webhooks use.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec
+
+from evochips import lifecycle
+from evochips.db import Chip, Database, DatabaseUnavailable
+from evochips.evolution.client import EvolutionClient
+from evochips.evolution.errors import (
+    EvolutionError,
+    EvolutionProtocolError,
+    EvolutionRejected,
+    EvolutionUnavailable,
+)
+from evochips.evolution.events import QrImage
+from evochips.evolution.shapes import (
+    DeleteOutcome,
+    InstanceState,
+    LogoutOutcome,
+    QrCode,
+    WebhookTarget,
+)
+from evochips.lifecycle import ChipNotFound, Facts, RegistrationConflict, Source
+from evochips.receiver.auth import TOKEN_HEADER
+from evochips.settings import Settings
+from evochips.statemachine import LIFECYCLE_TRIGGERS, InvalidTransition, Trigger
+
+logger = logging.getLogger(__name__)
+
+# Evolution accepts spaces, slashes and empty names, which then break its own URLs.
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 10, 15
+
+Result = dict[str, Any]
+P = ParamSpec("P")
+
+_EXPECTED_FAILURES = (
+    EvolutionError,
+    DatabaseUnavailable,
+    InvalidTransition,
+    ChipNotFound,
+    RegistrationConflict,
+    ValueError,
+)
+
+
+def _command(
+    **on_failure: Any,
+) -> Callable[[Callable[P, Awaitable[Result]]], Callable[P, Awaitable[Result]]]:
+    """Turn the expected failures of a command into its failure dict, in one place."""
+
+    def wrap(method: Callable[P, Awaitable[Result]]) -> Callable[P, Awaitable[Result]]:
+        @functools.wraps(method)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> Result:
+            try:
+                return {"sucesso": True, **await method(*args, **kwargs)}
+            except _EXPECTED_FAILURES as exc:
+                logger.info("%s failed: %s", method.__name__, exc)
+                return {"sucesso": False, **on_failure, "error": str(exc)}
+
+        return run
+
+    return wrap
+
+
+class InstanceManager:
+    def __init__(self, db: Database, evolution: EvolutionClient, webhook: WebhookTarget) -> None:
+        self._db = db
+        self._evolution = evolution
+        self._webhook = webhook
+
+    @classmethod
+    def from_settings(cls, settings: Settings, db: Database | None = None) -> InstanceManager:
+        evolution = EvolutionClient(
+            settings.evolution_api_url,
+            settings.evolution_api_key,
+            api_version=settings.evolution_api_version,
+        )
+        webhook = WebhookTarget(
+            url=settings.webhook_url, headers={TOKEN_HEADER: settings.webhook_secret}
+        )
+        return cls(db or Database(settings.database_url), evolution, webhook)
+
+    async def aclose(self) -> None:
+        await self._evolution.aclose()
+
+    @_command(chip_id=None, instance_name=None, qr_code=None)
+    async def criar_instancia(
+        self, instance_name: str, telefone: str, chip_id: str | None = None
+    ) -> Result:
+        """Register a chip and create its Evolution instance, configured to post to us."""
+        _check_name(instance_name)
+        phone = normalise_phone(telefone)
+        # The row comes first so that a webhook arriving before create returns finds it.
+        chip = await lifecycle.register(self._db, instance_name, phone, chip_id)
+        try:
+            created = await self._evolution.create_instance(instance_name, self._webhook)
+        except EvolutionRejected as exc:
+            await self._forget(chip, exc)
+            raise
+        except (EvolutionUnavailable, EvolutionProtocolError) as exc:
+            raise _Unconfirmed(instance_name, exc) from exc
+        await lifecycle.remember_instance(self._db, chip.id, created.instance_id)
+        qr = created.qr if created.qr is not None and created.qr.ready else None
+        if qr is not None:
+            await self._store_qr(chip, qr, Source.COMMAND)
+        return {
+            "chip_id": chip.id,
+            "instance_name": instance_name,
+            "qr_code": qr.base64 if qr else None,
+        }
+
+    @_command(qr_code=None, code=None, connected=False)
+    async def obter_qr_code(self, instance_name: str) -> Result:
+        """Fetch the current QR; ``qr_code`` is None until Evolution has one."""
+        chip = await lifecycle.find_chip(self._db, instance_name)
+        answer = await self._evolution.connect(instance_name)
+        return await self._connect_result(chip, answer)
+
+    @_command(state=None, connected=False)
+    async def verificar_conexao(self, instance_name: str) -> Result:
+        """Ask Evolution for the live connection state and bring the chip in line."""
+        chip = await lifecycle.find_chip(self._db, instance_name)
+        state = await self._evolution.connection_state(instance_name)
+        trigger = _POLLED_TRIGGERS.get(state or "")
+        if trigger is not None:
+            await lifecycle.fire(self._db, chip.id, trigger, Source.POLL)
+        return {"state": state, "connected": state == "open"}
+
+    @_command(message=None)
+    async def desconectar_instancia(self, instance_name: str, chip_id: str | None) -> Result:
+        """Log the number out; the chip goes back to ``pending`` and needs a new QR."""
+        chip = await self._owned_chip(instance_name, chip_id)
+        outcome = await self._evolution.logout(instance_name)
+        note = {"evolution": outcome.value}
+        await lifecycle.fire(
+            self._db, chip.id, Trigger.LOGGED_OUT, Source.COMMAND, Facts(note=note)
+        )
+        if outcome is LogoutOutcome.NOT_CONNECTED:
+            return {"message": f"instance {instance_name} was not connected; chip logged out"}
+        return {"message": f"instance {instance_name} logged out"}
+
+    @_command(message=None)
+    async def deletar_instancia(self, instance_name: str, chip_id: str | None) -> Result:
+        """Delete the instance in Evolution; the chip stays, ``deleted``, with its history."""
+        chip = await self._owned_chip(instance_name, chip_id, include_deleted=True)
+        if chip.deleted_at is not None:
+            return {"message": f"chip {chip.id} was already deleted"}
+        outcome = await self._delete(instance_name)
+        note = {"evolution": outcome.value}
+        await lifecycle.fire(self._db, chip.id, Trigger.REMOVED, Source.COMMAND, Facts(note=note))
+        if outcome is DeleteOutcome.ABSENT:
+            return {"message": f"instance {instance_name} was already gone; chip deleted"}
+        return {"message": f"instance {instance_name} deleted"}
+
+    @_command(qr_code=None, message=None)
+    async def reconectar_instancia(self, instance_name: str, chip_id: str | None) -> Result:
+        """Restart the instance's connection and return a fresh QR when there is one."""
+        chip = await self._owned_chip(instance_name, chip_id)
+        try:
+            answer = await self._evolution.restart(instance_name)
+        except EvolutionProtocolError:
+            # Evolution answers a restart of a closed instance with an error in HTTP 200
+            # (reference section 2.5); connecting is what brings a closed one back.
+            answer = await self._evolution.connect(instance_name)
+        if not (isinstance(answer, QrCode) and answer.ready):
+            answer = await self._evolution.connect(instance_name)
+        result = await self._connect_result(chip, answer)
+        if result["connected"]:
+            message = f"instance {instance_name} is connected; no QR needed"
+        elif result["qr_code"] is None:
+            message = f"instance {instance_name} restarted; its QR is not ready yet"
+        else:
+            message = f"instance {instance_name} restarted; scan the new QR"
+        return {"qr_code": result["qr_code"], "message": message}
+
+    @_command(status=None, message=None)
+    async def transicionar(self, instance_name: str, trigger: str) -> Result:
+        """Move a chip through its lifecycle: promote, activate, degrade or restore."""
+        chosen = _lifecycle_trigger(trigger)
+        chip = await lifecycle.find_chip(self._db, instance_name)
+        applied = await lifecycle.fire(self._db, chip.id, chosen, Source.COMMAND)
+        decision = applied.decision
+        return {
+            "status": decision.to_status.value,
+            "message": f"chip {instance_name}: {decision.from_status.value} -> "
+            f"{decision.to_status.value}",
+        }
+
+    async def _connect_result(self, chip: Chip, answer: QrCode | InstanceState) -> Result:
+        if isinstance(answer, InstanceState):
+            connected = answer.state == "open"
+            if connected:
+                await lifecycle.fire(self._db, chip.id, Trigger.CONNECTED, Source.POLL)
+            return {"qr_code": None, "code": None, "connected": connected}
+        if not answer.ready:
+            # {"count": 0}: Evolution has not produced a QR yet; not an error.
+            return {"qr_code": None, "code": None, "connected": False}
+        await self._store_qr(chip, answer, Source.COMMAND)
+        return {"qr_code": answer.base64, "code": answer.code, "connected": False}
+
+    async def _store_qr(self, chip: Chip, qr: QrCode, source: Source) -> None:
+        image = QrImage(base64=qr.base64, code=qr.code, pairing_code=qr.pairing_code)
+        await lifecycle.fire(self._db, chip.id, Trigger.QR_UPDATED, source, Facts(qr=image))
+
+    async def _delete(self, instance_name: str) -> DeleteOutcome:
+        try:
+            return await self._evolution.delete(instance_name)
+        except EvolutionRejected as exc:
+            # v1 refuses to delete a connected instance (reference section 2.7).
+            if exc.status != 400 or "disconnected" not in str(exc):
+                raise
+        await self._evolution.logout(instance_name)
+        return await self._evolution.delete(instance_name)
+
+    async def _owned_chip(
+        self, instance_name: str, chip_id: str | None, *, include_deleted: bool = False
+    ) -> Chip:
+        chip = await lifecycle.find_chip(self._db, instance_name, include_deleted=include_deleted)
+        if chip_id is not None and chip.id != chip_id:
+            raise ChipNotFound(
+                f"instance {instance_name!r} belongs to chip {chip.id}, not {chip_id}"
+            )
+        return chip
+
+    async def _forget(self, chip: Chip, exc: EvolutionRejected) -> None:
+        """Evolution refused the create: the chip did not come to exist."""
+        note = {"evolution_status": exc.status}
+        try:
+            await lifecycle.fire(
+                self._db, chip.id, Trigger.REJECTED, Source.COMMAND, Facts(note=note)
+            )
+        except (InvalidTransition, DatabaseUnavailable) as forget_exc:
+            logger.warning("chip %s could not be marked rejected: %s", chip.id, forget_exc)
+
+
+class _Unconfirmed(EvolutionUnavailable):
+    """Create got no usable answer: the instance may or may not exist in Evolution."""
+
+    def __init__(self, instance_name: str, cause: EvolutionError) -> None:
+        super().__init__(
+            f"{cause}; instance {instance_name!r} may exist in Evolution, so its chip stays "
+            "pending: check its connection or delete it"
+        )
+
+
+_POLLED_TRIGGERS = {
+    "open": Trigger.CONNECTED,
+    "connecting": Trigger.CONNECTING,
+    "close": Trigger.DISCONNECTED,
+}
+
+
+def normalise_phone(telefone: str) -> str:
+    """Digits only (``+55 (11) 90000-0001`` becomes ``5511900000001``); raises ValueError."""
+    digits = re.sub(r"\D", "", telefone or "")
+    if not MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS:
+        raise ValueError(
+            f"telefone {telefone!r} must have {MIN_PHONE_DIGITS} to {MAX_PHONE_DIGITS} digits"
+        )
+    return digits
+
+
+def _check_name(instance_name: str) -> None:
+    if not isinstance(instance_name, str) or not INSTANCE_NAME.match(instance_name):
+        raise ValueError(
+            f"instance name {instance_name!r} must be 1 to 64 letters, digits, '-' or '_'"
+        )
+
+
+def _lifecycle_trigger(name: str) -> Trigger:
+    allowed = {t.value: t for t in LIFECYCLE_TRIGGERS}
+    if name not in allowed:
+        raise ValueError(f"trigger {name!r} is not one of {', '.join(allowed)}")
+    return allowed[name]

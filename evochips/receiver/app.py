@@ -1,0 +1,128 @@
+"""The Starlette app that receives Evolution's webhooks and answers health checks.
+
+Status codes are chosen for Evolution's retry policy (reference section 3.5): it retries
+timeouts and 5xx but drops an event for good on 400, 401, 403, 404 and 422. So only a body
+that can never succeed gets a 4xx; anything that may succeed later gets 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from evochips.db import Chip, Database, DatabaseUnavailable
+from evochips.evolution.events import read_event
+from evochips.lifecycle import ConcurrentChange, Outcome, record_webhook
+from evochips.receiver.auth import is_authentic
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = "5"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(
+    db: Database,
+    webhook_secret: str,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> Starlette:
+    async def receive(request: Request) -> Response:
+        if not is_authentic(request, webhook_secret):
+            return _error(401, "missing or wrong webhook secret")
+        try:
+            raw = await _read_body(request, max_body_bytes)
+        except _BodyTooLarge:
+            return _error(413, f"body larger than {max_body_bytes} bytes")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            logger.warning("webhook body is not JSON (%d bytes)", len(raw))
+            return _error(400, "body is not JSON")
+
+        event = read_event(body, request.path_params.get("suffix"))
+        try:
+            result = await record_webhook(db, event)
+        except DatabaseUnavailable as exc:
+            logger.warning("webhook %s for %s not stored: %s", event.event, event.instance, exc)
+            return _error(503, "database unavailable, retry later", retry=True)
+        except (ConcurrentChange, IntegrityError) as exc:
+            logger.error("webhook %s for %s lost a race: %s", event.event, event.instance, exc)
+            return _error(503, "concurrent change, retry later", retry=True)
+        status = 202 if result.outcome is Outcome.UNMATCHED else 200
+        payload: dict[str, Any] = {"outcome": result.outcome.value, "event": event.event}
+        if result.detail:
+            payload["detail"] = result.detail
+        return JSONResponse(payload, status_code=status)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            async with db.read() as session:
+                await session.execute(select(Chip.id).limit(1))
+        except DatabaseUnavailable as exc:
+            return _error(503, str(exc), retry=True)
+        except ProgrammingError:
+            return _error(503, "database schema missing: run `evochips migrate`", retry=True)
+        return JSONResponse({"status": "ready"})
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, "internal error", retry=True)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await on_shutdown()
+
+    base = "/webhooks/evolution"
+    return Starlette(
+        routes=[
+            Route(base, receive, methods=["POST"]),
+            Route(base + "/k/{secret}", receive, methods=["POST"]),
+            Route(base + "/k/{secret}/{suffix:path}", receive, methods=["POST"]),
+            # "Webhook by events" appends the event name, e.g. /connection-update.
+            Route(base + "/{suffix:path}", receive, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={Exception: unexpected},
+        lifespan=lifespan,
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(status: int, message: str, *, retry: bool = False) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if retry else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)

@@ -1,0 +1,23 @@
+"""The chip state machine: statuses, triggers and the table that links them."""
+
+from evochips.statemachine.machine import (
+    LIFECYCLE_TRIGGERS,
+    ChipStatus,
+    ConnectionState,
+    Decision,
+    InvalidTransition,
+    Trigger,
+    allowed_triggers,
+    decide,
+)
+
+__all__ = [
+    "LIFECYCLE_TRIGGERS",
+    "ChipStatus",
+    "ConnectionState",
+    "Decision",
+    "InvalidTransition",
+    "Trigger",
+    "allowed_triggers",
+    "decide",
+]
