@@ -79,14 +79,22 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    """A migrated, empty database on each backend."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a migrated database on each backend (resolved outside the event loop,
+    because migrations run their own)."""
     if request.param == "sqlite":
         path = tmp_path / "evochips.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        database = Database(f"sqlite+aiosqlite:///{path}")
-    else:
-        database = Database(request.getfixturevalue("postgres_url"))
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated, empty database on each backend."""
+    database = Database(database_url)
+    if not database.is_sqlite:
         async with database.write() as session:
             await session.execute(
                 text("TRUNCATE chip_transitions, webhook_events, chips RESTART IDENTITY CASCADE")
