@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -230,7 +230,7 @@ async def _apply(
         values["owner_jid"] = facts.wuid or chip.owner_jid
         values["profile_name"] = facts.profile_name or chip.profile_name
     if facts.evolution_date_time is not None and not _is_stale(
-        chip.evolution_date_time, facts.evolution_date_time
+        facts.evolution_date_time, chip.evolution_date_time
     ):
         values["evolution_date_time"] = facts.evolution_date_time
     if decision.to_status is ChipStatus.DELETED and chip.deleted_at is None:
@@ -382,7 +382,9 @@ async def _store_event(
         .values(**values)
         .on_conflict_do_nothing(
             index_elements=["dedupe_key"],
-            index_where=WebhookEventRow.outcome != Outcome.DUPLICATE.value,
+            # A literal, not a bound parameter: PostgreSQL matches the partial index by
+            # its predicate, which a generic prepared plan cannot see through a parameter.
+            index_where=text("outcome <> 'duplicate'"),
         )
         .returning(WebhookEventRow.id)
     )

@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError
 
 from evochips.db import DEFAULT_URL
 
-MIN_SECRET_LENGTH = 16
+MIN_SECRET_LENGTH = 32
 
 
 class SettingsError(Exception):

@@ -33,7 +33,7 @@ SAMPLES = SHARED / "evolution-samples"
 LIVE = SHARED / "evolution-live"
 FIELD_CASES = SHARED / "field-cases"
 
-SECRET = "test-webhook-secret-0123456789"
+SECRET = "test-webhook-secret-0123456789abcdef"
 AUTH = {"x-evochips-token": SECRET}
 POSTGRES_ADMIN_URL = os.environ.get(
     "EVOCHIPS_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"

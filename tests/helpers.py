@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -60,7 +61,7 @@ async def assert_history_consistent(db: Database, chip_id: str) -> None:
     chip = await _chip_by_id(db, chip_id)
     rows = await transitions(db, chip_id)
     assert [row.seq for row in rows] == list(range(1, len(rows) + 1))
-    for before, after in zip(rows, rows[1:], strict=False):
+    for before, after in itertools.pairwise(rows):
         assert (after.from_status, after.from_connection) == (
             before.to_status,
             before.to_connection,

@@ -103,7 +103,8 @@ async def test_qr_event_stores_latest_qr(db: Database, receiver: httpx.AsyncClie
 async def test_qr_limit_clears_stored_qr(db: Database, receiver: httpx.AsyncClient) -> None:
     await given_chip(db, "chip-0002", "pending", "close")
     await receiver.post(
-        "/webhooks/evolution", json=load_json(SAMPLES / "v2-webhook-qrcode-updated-pairing-code.json")
+        "/webhooks/evolution",
+        json=load_json(SAMPLES / "v2-webhook-qrcode-updated-pairing-code.json"),
     )
 
     await receiver.post(
@@ -118,7 +119,9 @@ async def test_qr_limit_clears_stored_qr(db: Database, receiver: httpx.AsyncClie
 async def test_remove_instance_keeps_history(db: Database, receiver: httpx.AsyncClient) -> None:
     chip = await given_chip(db, "chip-0001", "active", "open")
 
-    await receiver.post("/webhooks/evolution", json=load_json(SAMPLES / "v2-webhook-remove-instance.json"))
+    await receiver.post(
+        "/webhooks/evolution", json=load_json(SAMPLES / "v2-webhook-remove-instance.json")
+    )
 
     chip = await chip_named(db, "chip-0001")
     assert chip.status == "deleted" and chip.deleted_at is not None

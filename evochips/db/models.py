@@ -34,7 +34,8 @@ NAMING = {
 
 # SQLite only autoincrements INTEGER PRIMARY KEY, not BIGINT.
 BigId = BigInteger().with_variant(Integer, "sqlite")
-Json = JSON().with_variant(JSONB(), "postgresql")
+# A Python None is stored as SQL NULL, not as the JSON value null.
+Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
