@@ -20,7 +20,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from evochips.db import Database
@@ -48,8 +47,11 @@ def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def _admin(sql: str) -> None:
-    connection = await asyncpg.connect(_asyncpg_dsn(POSTGRES_ADMIN_URL), timeout=5)
+_TRUNCATE = "TRUNCATE chip_transitions, webhook_events, chips RESTART IDENTITY CASCADE"
+
+
+async def _admin(sql: str, url: str = POSTGRES_ADMIN_URL) -> None:
+    connection = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
     try:
         await connection.execute(sql)
     finally:
@@ -87,6 +89,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
         return f"sqlite+aiosqlite:///{path}"
     url: str = request.getfixturevalue("postgres_url")
+    asyncio.run(_admin(_TRUNCATE, url))
     return url
 
 
@@ -94,11 +97,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 async def db(database_url: str) -> AsyncIterator[Database]:
     """A migrated, empty database on each backend."""
     database = Database(database_url)
-    if not database.is_sqlite:
-        async with database.write() as session:
-            await session.execute(
-                text("TRUNCATE chip_transitions, webhook_events, chips RESTART IDENTITY CASCADE")
-            )
     yield database
     await database.dispose()
 

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 
 
-def _script_location() -> str:
+def script_location() -> str:
     # An installed wheel carries the migrations inside the package; a checkout (or an
     # editable install) has them in alembic/ at the project root.
     packaged = resources.files("evochips").joinpath("_alembic")
@@ -21,6 +21,6 @@ def _script_location() -> str:
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision``; must not be called from a running event loop."""
     config = Config()
-    config.set_main_option("script_location", _script_location())
+    config.set_main_option("script_location", script_location())
     config.attributes["database_url"] = database_url
     command.upgrade(config, revision)

@@ -1,0 +1,83 @@
+"""The ``evochips`` command: settings errors, migrate, and reading chips and history."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evochips import settings
+from evochips.settings import SettingsError
+from tests.conftest import SECRET
+from tests.servers import evochips
+
+GOOD = {
+    "EVOLUTION_API_URL": "http://127.0.0.1:8080",
+    "EVOLUTION_API_KEY": "key",
+    "EVOCHIPS_PUBLIC_URL": "http://127.0.0.1:8000",
+    "EVOCHIPS_WEBHOOK_SECRET": SECRET,
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"EVOLUTION_API_URL": ""}, "EVOLUTION_API_URL is not set."),
+        ({"EVOLUTION_API_URL": "evolution:8080"}, "EVOLUTION_API_URL must be an http"),
+        ({"EVOLUTION_API_KEY": " "}, "EVOLUTION_API_KEY is not set."),
+        ({"EVOCHIPS_PUBLIC_URL": "ftp://x"}, "EVOCHIPS_PUBLIC_URL must be an http"),
+        ({"EVOCHIPS_WEBHOOK_SECRET": "short"}, "EVOCHIPS_WEBHOOK_SECRET must be at least"),
+        ({"EVOCHIPS_WEBHOOK_SECRET": "x" * 31 + "/"}, "EVOCHIPS_WEBHOOK_SECRET may hold"),
+        ({"EVOCHIPS_DATABASE_URL": "mysql://x/y"}, "EVOCHIPS_DATABASE_URL must start with"),
+        ({"EVOCHIPS_DATABASE_URL": "::"}, "EVOCHIPS_DATABASE_URL is not a database URL"),
+        ({"EVOLUTION_API_VERSION": "3"}, "EVOLUTION_API_VERSION must be 1 or 2"),
+    ],
+)
+def test_a_bad_setting_is_named_in_one_sentence(change: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings.load({**GOOD, **change})
+    assert str(caught.value).startswith(named)
+    assert str(caught.value).count(". ") == 0
+
+
+def test_settings_never_print_secrets() -> None:
+    loaded = settings.load({**GOOD, "EVOCHIPS_DATABASE_URL": "postgresql+asyncpg://u:pw@h/db"})
+    assert SECRET not in repr(loaded) and "pw" not in repr(loaded)
+    assert loaded.webhook_url == "http://127.0.0.1:8000/webhooks/evolution"
+
+
+def test_serve_refuses_to_start_without_settings(tmp_path: Path) -> None:
+    env = {**GOOD, "EVOCHIPS_WEBHOOK_SECRET": "", "EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)}
+    result = evochips("serve", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "evochips: EVOCHIPS_WEBHOOK_SECRET is not set."
+
+
+def test_migrate_then_list_an_empty_fleet(tmp_path: Path) -> None:
+    env = {"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)}
+    migrated = evochips("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    listed = evochips("chips", "list", "--json", env=env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    assert evochips("migrate", env=env).returncode == 0, "migrating twice is harmless"
+
+
+def test_unknown_chip_is_a_clear_error(tmp_path: Path) -> None:
+    env = {"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)}
+    evochips("migrate", env=env)
+    for command in (["chips", "show", "nope"], ["chips", "history", "nope"]):
+        result = evochips(*command, env=env)
+        assert result.returncode == 1
+        assert "no chip with instance name or id 'nope'" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
+    result = evochips("chips", "list", env={"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)})
+    assert result.returncode == 1
+    assert "migrated" in result.stderr and "Traceback" not in result.stderr
+
+
+def _sqlite(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"

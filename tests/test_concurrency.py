@@ -1,0 +1,61 @@
+"""Many deliveries for one chip at once: one effect per event, one linear history."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+
+from evochips.db import ChipTransition, Database, WebhookEventRow
+from tests.chips import given_chip
+from tests.conftest import SAMPLES, load_json
+from tests.helpers import assert_history_consistent, count, outcomes, transitions
+
+
+async def test_50_concurrent_identical_deliveries_make_one_transition(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    body = load_json(SAMPLES / "v2-webhook-connection-update-open.json")
+    chip = await given_chip(db, "chip-0001", "pending", "connecting")
+    rows_before = len(await transitions(db, chip.id))
+
+    responses = await asyncio.gather(
+        *(receiver.post("/webhooks/evolution", json=body) for _ in range(50))
+    )
+
+    assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
+    assert len(await transitions(db, chip.id)) == rows_before + 1
+    assert sorted(await outcomes(db)) == ["applied"] + ["duplicate"] * 49
+    await assert_history_consistent(db, chip.id)
+
+
+def _event(state: str, reason: int, second: int) -> dict[str, object]:
+    return {
+        "event": "connection.update",
+        "instance": "chip-0001",
+        "data": {"instance": "chip-0001", "state": state, "statusReason": reason},
+        "destination": "http://evochips.test/webhooks/evolution",
+        "date_time": f"2025-10-21T12:00:{second:02d}.000Z",
+        "server_url": "http://evolution.test",
+        "apikey": None,
+    }
+
+
+async def test_20_concurrent_different_events_leave_a_linear_history(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    chip = await given_chip(db, "chip-0001", "warming", "open")
+    cycle = [("connecting", 200), ("open", 200), ("close", 428), ("close", 401)]
+    events = [_event(*cycle[i % len(cycle)], second=i) for i in range(20)]
+    random.Random(7).shuffle(events)
+
+    responses = await asyncio.gather(
+        *(receiver.post("/webhooks/evolution", json=event) for event in events)
+    )
+
+    assert all(r.status_code == 200 for r in responses)
+    assert await count(db, WebhookEventRow) == 20
+    assert set(await outcomes(db)) <= {"applied", "stale"}
+    assert await count(db, ChipTransition) >= 2
+    await assert_history_consistent(db, chip.id)
