@@ -49,13 +49,17 @@ MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 10, 15
 Result = dict[str, Any]
 P = ParamSpec("P")
 
+class InvalidInput(ValueError):
+    """An argument the caller can fix: a bad instance name, phone number or trigger."""
+
+
 _EXPECTED_FAILURES = (
     EvolutionError,
     DatabaseUnavailable,
     InvalidTransition,
     ChipNotFound,
     RegistrationConflict,
-    ValueError,
+    InvalidInput,
 )
 
 
@@ -267,10 +271,10 @@ _POLLED_TRIGGERS = {
 
 
 def normalise_phone(telefone: str) -> str:
-    """Digits only (``+55 (11) 90000-0001`` becomes ``5511900000001``); raises ValueError."""
+    """Digits only (``+55 (11) 90000-0001`` becomes ``5511900000001``); raises InvalidInput."""
     digits = re.sub(r"\D", "", telefone or "")
     if not MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS:
-        raise ValueError(
+        raise InvalidInput(
             f"telefone {telefone!r} must have {MIN_PHONE_DIGITS} to {MAX_PHONE_DIGITS} digits"
         )
     return digits
@@ -278,7 +282,7 @@ def normalise_phone(telefone: str) -> str:
 
 def _check_name(instance_name: str) -> None:
     if not isinstance(instance_name, str) or not INSTANCE_NAME.match(instance_name):
-        raise ValueError(
+        raise InvalidInput(
             f"instance name {instance_name!r} must be 1 to 64 letters, digits, '-' or '_'"
         )
 
@@ -286,5 +290,5 @@ def _check_name(instance_name: str) -> None:
 def _lifecycle_trigger(name: str) -> Trigger:
     allowed = {t.value: t for t in LIFECYCLE_TRIGGERS}
     if name not in allowed:
-        raise ValueError(f"trigger {name!r} is not one of {', '.join(allowed)}")
+        raise InvalidInput(f"trigger {name!r} is not one of {', '.join(allowed)}")
     return allowed[name]

@@ -7,7 +7,9 @@ import random
 
 import httpx
 
+from evochips import lifecycle
 from evochips.db import ChipTransition, Database, WebhookEventRow
+from evochips.lifecycle import RegistrationConflict
 from tests.chips import given_chip
 from tests.conftest import SAMPLES, load_json
 from tests.helpers import assert_history_consistent, count, outcomes, transitions
@@ -59,3 +61,16 @@ async def test_20_concurrent_different_events_leave_a_linear_history(
     assert set(await outcomes(db)) <= {"applied", "stale"}
     assert await count(db, ChipTransition) >= 2
     await assert_history_consistent(db, chip.id)
+
+
+async def test_concurrent_registrations_of_one_name_make_one_chip(db: Database) -> None:
+    results = await asyncio.gather(
+        *(lifecycle.register(db, "chip-0001", f"55119000000{i:02d}") for i in range(10)),
+        return_exceptions=True,
+    )
+
+    chips = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(chips) == 1
+    assert all(isinstance(r, RegistrationConflict) for r in refused), refused
+    assert await count(db, ChipTransition) == 1

@@ -12,8 +12,9 @@ from evochips.db import Database
 from evochips.evolution.client import EvolutionClient
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager
+from tests.conftest import SAMPLES, load_json
 from tests.fake_evolution import GLOBAL_KEY, FakeEvolution, FakeInstance
-from tests.helpers import assert_history_consistent, chip_named, steps
+from tests.helpers import assert_history_consistent, chip_named, outcomes, steps
 
 HOOK = WebhookTarget("http://evochips.test/webhooks/evolution", {"x-evochips-token": "s"})
 
@@ -293,3 +294,29 @@ async def test_chip_id_reattaches_a_deleted_chip(db: Database, manager: Instance
         "removed:pending->deleted", "registered:deleted->pending",
     ]  # fmt: skip
     await assert_history_consistent(db, chip.id)
+
+
+async def test_a_webhook_sent_before_create_returns_finds_the_chip(
+    db: Database, receiver: httpx.AsyncClient, evolution: FakeEvolution
+) -> None:
+    """Evolution posts ``connecting`` while it still sleeps on the create request."""
+    early = load_json(SAMPLES / "v2-webhook-connection-update-connecting.json")
+    answers: list[int] = []
+
+    class WebhookFirst(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/instance/create":
+                answers.append((await receiver.post("/webhooks/evolution", json=early)).status_code)
+            return evolution.handle(request)
+
+    client = EvolutionClient("http://evolution.test", GLOBAL_KEY, transport=WebhookFirst())
+    manager = InstanceManager(db, client, HOOK)
+
+    result = await manager.criar_instancia("chip-0001", "5511900000001")
+
+    assert result["sucesso"] is True
+    assert answers == [200]
+    assert await outcomes(db) == ["applied"]
+    assert (await steps(db, "chip-0001"))[:2] == [
+        "registered:-->pending", "connecting:pending->pending",
+    ]  # fmt: skip
