@@ -49,6 +49,7 @@ MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 10, 15
 Result = dict[str, Any]
 P = ParamSpec("P")
 
+
 class InvalidInput(ValueError):
     """An argument the caller can fix: a bad instance name, phone number or trigger."""
 

@@ -81,13 +81,17 @@ async def _chip_by_id(db: Database, chip_id: str) -> Chip:
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def evolution_with(handler: Handler, *, api_version: int | None = 2) -> EvolutionClient:
-    """An EvolutionClient whose HTTP goes to ``handler`` instead of the network."""
+def evolution_with(
+    handler: Handler, *, api_version: int | None = 2, read_attempts: int = 1
+) -> EvolutionClient:
+    """An EvolutionClient whose HTTP goes to ``handler`` instead of the network (reads are
+    tried once unless a test is about retries)."""
     return EvolutionClient(
         "http://evolution.test",
         "test-global-key",
         api_version=api_version,
         transport=httpx.MockTransport(handler),
+        read_attempts=read_attempts,
     )
 
 

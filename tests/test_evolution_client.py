@@ -282,3 +282,55 @@ def test_create_waits_long_enough_for_evolutions_five_second_sleep() -> None:
         value is not None
         for value in (DEFAULT_TIMEOUT.connect, DEFAULT_TIMEOUT.read, DEFAULT_TIMEOUT.pool)
     )
+
+
+async def test_reads_are_retried_until_they_pass() -> None:
+    answers = [json_response(503, {"status": 503}), httpx.ConnectError("refused")]
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        answer = answers.pop(0) if answers else None
+        if isinstance(answer, Exception):
+            raise answer
+        return answer or json_response(200, {"instance": {"instanceName": "x", "state": "open"}})
+
+    async with evolution_with(handler, read_attempts=3) as client:
+        assert await client.connection_state("x") == "open"
+    assert calls == ["GET", "GET", "GET"]
+
+
+@pytest.mark.parametrize(
+    ("call", "status", "body"),
+    [
+        (LOGOUT, 500, {"status": 500, "response": {"message": ["Error: Connection Closed"]}}),
+        (STATE, 404, load_json(SAMPLES / "v2-connection-state-404.json")),
+        (STATE, 401, load_json(SAMPLES / "v2-error-401-unauthorized.json")),
+    ],
+)
+async def test_changes_and_final_answers_are_not_retried(
+    call: Call, status: int, body: Any
+) -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        return json_response(status, body)
+
+    async with evolution_with(handler, read_attempts=3) as client:
+        with pytest.raises(EvolutionRejected):
+            await call(client)
+    assert len(calls) == 1
+
+
+async def test_reads_give_up_after_the_last_attempt() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        raise httpx.ConnectError("refused")
+
+    async with evolution_with(handler, read_attempts=3) as client:
+        with pytest.raises(EvolutionUnavailable):
+            await client.connection_state("x")
+    assert len(calls) == 3

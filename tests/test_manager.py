@@ -251,7 +251,9 @@ async def test_evolution_unreachable_is_an_error_not_an_exception(db: Database) 
         raise httpx.ConnectError("connection refused")
 
     transport = httpx.MockTransport(down)
-    client = EvolutionClient("http://evolution.test", GLOBAL_KEY, transport=transport)
+    client = EvolutionClient(
+        "http://evolution.test", GLOBAL_KEY, transport=transport, read_attempts=1
+    )
     manager = InstanceManager(db, client, HOOK)
 
     result = await manager.criar_instancia("chip-0001", "5511900000001")

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -95,6 +96,8 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
         if exc.connection_invalidated:
             raise DatabaseUnavailable(_describe(exc)) from exc
         raise
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable("no free database connection in time") from exc
     except (OSError, TimeoutError) as exc:
         raise DatabaseUnavailable(f"database unreachable ({type(exc).__name__})") from exc
 

@@ -14,8 +14,15 @@ import time
 from typing import Any
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from evochips.evolution.errors import (
+    EvolutionError,
     EvolutionProtocolError,
     EvolutionRejected,
     EvolutionTimeout,
@@ -50,6 +57,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=5.0)
 # Evolution sleeps 5 s before answering a create with ``qrcode: true`` (and longer under
 # load or behind a proxy), so create gets its own, longer read timeout.
 CREATE_TIMEOUT = httpx.Timeout(connect=5.0, read=45.0, write=10.0, pool=5.0)
+# Reads (GET) are retried on failures that may pass; calls that change something are
+# not, because Evolution may have acted on a request whose answer we lost.
+READ_ATTEMPTS = 3
 
 
 class EvolutionClient:
@@ -63,6 +73,7 @@ class EvolutionClient:
         api_version: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        read_attempts: int = READ_ATTEMPTS,
     ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
@@ -71,6 +82,7 @@ class EvolutionClient:
             transport=transport,
         )
         self._version = api_version
+        self._read_attempts = read_attempts
         self._version_lock = asyncio.Lock()
 
     async def __aenter__(self) -> EvolutionClient:
@@ -165,6 +177,31 @@ class EvolutionClient:
         timeout: httpx.Timeout | None = None,
         allow_null: bool = False,
     ) -> Any:
+        """Send a request (a GET up to READ_ATTEMPTS times) and return its decoded JSON.
+
+        Raises an EvolutionError.
+        """
+        if method != "GET":
+            return await self._send(method, path, json, params, timeout, allow_null)
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(self._read_attempts),
+            wait=wait_exponential_jitter(multiplier=0.2, max=2.0),
+            retry=retry_if_exception(_is_retryable),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._send(method, path, json, params, timeout, allow_null)
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        json: dict[str, Any] | None,
+        params: dict[str, str] | None,
+        timeout: httpx.Timeout | None,
+        allow_null: bool,
+    ) -> Any:
         """Send one request and return its decoded JSON, or raise an EvolutionError."""
         started = time.perf_counter()
         try:
@@ -214,6 +251,10 @@ class EvolutionClient:
                 path=path,
             )
         return body
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, EvolutionError) and exc.retryable
 
 
 _EMPTY = object()
