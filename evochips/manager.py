@@ -97,7 +97,9 @@ class InstanceManager:
             api_version=settings.evolution_api_version,
         )
         webhook = WebhookTarget(
-            url=settings.webhook_url, headers={TOKEN_HEADER: settings.webhook_secret}
+            url=settings.webhook_url,
+            headers={TOKEN_HEADER: settings.webhook_secret},
+            headerless_url=settings.headerless_webhook_url,
         )
         return cls(db or Database(settings.database_url), evolution, webhook)
 

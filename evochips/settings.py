@@ -37,6 +37,11 @@ class Settings:
         """Where Evolution posts an instance's events (the secret goes in a header)."""
         return f"{self.public_url}/webhooks/evolution"
 
+    @property
+    def headerless_webhook_url(self) -> str:
+        """The same, with the secret in the path, for senders that cannot add headers."""
+        return f"{self.webhook_url}/k/{self.webhook_secret}"
+
     def __repr__(self) -> str:
         # Never print the API key or the webhook secret.
         return (

@@ -81,3 +81,8 @@ def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
 
 def _sqlite(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+
+
+def test_v1_webhook_url_carries_the_secret_in_the_path() -> None:
+    loaded = settings.load(GOOD)
+    assert loaded.headerless_webhook_url == (f"http://127.0.0.1:8000/webhooks/evolution/k/{SECRET}")

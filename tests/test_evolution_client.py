@@ -334,3 +334,12 @@ async def test_reads_give_up_after_the_last_attempt() -> None:
         with pytest.raises(EvolutionUnavailable):
             await client.connection_state("x")
     assert len(calls) == 3
+
+
+def test_v1_is_given_the_url_that_carries_the_secret() -> None:
+    hook = WebhookTarget("http://e/webhooks/evolution", {"x-evochips-token": "s"},
+                         headerless_url="http://e/webhooks/evolution/k/s")  # fmt: skip
+    assert create_body(1, "chip-0001", hook)["webhook"] == "http://e/webhooks/evolution/k/s"
+    assert webhook_body(1, hook)["url"] == "http://e/webhooks/evolution/k/s"
+    v2 = create_body(2, "chip-0001", hook)["webhook"]
+    assert (v2["url"], v2["headers"]) == ("http://e/webhooks/evolution", {"x-evochips-token": "s"})

@@ -60,10 +60,19 @@ class InstanceInfo:
 
 @dataclass(frozen=True)
 class WebhookTarget:
-    """Where Evolution should post an instance's events and how it proves itself."""
+    """Where Evolution should post an instance's events and how it proves itself.
+
+    v1 cannot send custom headers, so it is given ``headerless_url`` instead, a URL that
+    carries the proof itself (when there is one).
+    """
 
     url: str
     headers: dict[str, str] = field(default_factory=dict)
+    headerless_url: str | None = None
+
+    @property
+    def v1_url(self) -> str:
+        return self.headerless_url or self.url
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,7 @@ def create_body(version: int, name: str, webhook: WebhookTarget) -> dict[str, An
 def webhook_body(version: int, webhook: WebhookTarget) -> dict[str, Any]:
     """A webhook/set request body."""
     if version == 1:
-        return {"url": webhook.url, **_webhook_v1(webhook, url_key=None), "enabled": True}
+        return {"url": webhook.v1_url, **_webhook_v1(webhook, url_key=None), "enabled": True}
     return {"webhook": {"enabled": True, **_webhook_v2(webhook)}}
 
 
@@ -207,14 +216,13 @@ def _webhook_v2(webhook: WebhookTarget) -> dict[str, Any]:
 
 
 def _webhook_v1(webhook: WebhookTarget, url_key: str | None = "webhook") -> dict[str, Any]:
-    # v1 sends no custom headers, so the secret must be in the URL (see the receiver).
     body: dict[str, Any] = {
         "webhook_by_events": False,
         "webhook_base64": False,
         "events": list(WEBHOOK_EVENTS_V1),
     }
     if url_key is not None:
-        body[url_key] = webhook.url
+        body[url_key] = webhook.v1_url
     return body
 
 
