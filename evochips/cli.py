@@ -8,9 +8,12 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from evochips import settings as settings_module
 from evochips.db import Database, DatabaseUnavailable, queries
@@ -42,9 +45,9 @@ def serve(host: str, port: int) -> None:
     db = Database(settings.database_url)
     app = create_app(db, settings.webhook_secret, on_shutdown=db.dispose)
     logging.getLogger(__name__).info(
-        "evochips receiving Evolution webhooks at %s (database %r)",
+        "evochips receiving Evolution webhooks at %s; Evolution API at %s",
         settings.webhook_url,
-        settings,
+        settings.evolution_api_url,
     )
     # uvicorn's access log would print the secret of /webhooks/evolution/k/<secret>;
     # the receiver logs one line per delivery itself.
@@ -59,8 +62,9 @@ def migrate() -> None:
     _configure_logging()
     try:
         upgrade(url)
-    except (OSError, DatabaseUnavailable) as exc:
-        raise click.ClickException(f"could not migrate the database: {exc}") from exc
+    except (OSError, SQLAlchemyError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"could not migrate the database: {reason}") from exc
     click.echo("database schema is up to date")
 
 
@@ -121,6 +125,10 @@ def history(name: str, as_json: bool) -> None:
 
 def _run_query(query: Callable[[Database], Awaitable[T]]) -> T:
     url = _or_exit(settings_module.database_url)
+    path = make_url(url).database if url.startswith("sqlite") else None
+    if path and path != ":memory:" and not Path(path).exists():
+        # Opening it would create an empty file and then fail on the missing tables.
+        raise click.ClickException(f"no database at {path}; run `evochips migrate` first")
 
     async def run() -> T:
         db = Database(url)
@@ -132,7 +140,11 @@ def _run_query(query: Callable[[Database], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except DatabaseUnavailable as exc:
-        raise click.ClickException(f"{exc}; is EVOCHIPS_DATABASE_URL right and migrated?") from exc
+        raise click.ClickException(f"{exc} (EVOCHIPS_DATABASE_URL: {_shown(url)})") from exc
+
+
+def _shown(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _or_exit(load: Callable[[], T]) -> T:
@@ -147,6 +159,8 @@ def _configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The Evolution client logs each call itself, without query strings.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _print_json(value: Any) -> None:

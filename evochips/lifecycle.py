@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evochips.db import Chip, ChipTransition, Database, WebhookEventRow
-from evochips.db.models import utcnow
+from evochips.db.models import KEY_OWNERS, utcnow
 from evochips.evolution.events import QrImage, WebhookEvent
 from evochips.statemachine import (
     ChipStatus,
@@ -180,7 +180,9 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
             qr=signal.qr,
             evolution_date_time=event.date_time,
         )
-        if _is_stale(event.date_time, chip.evolution_date_time):
+        # Removal is final whatever its timestamp: nothing can supersede it.
+        removal = signal.trigger is Trigger.REMOVED
+        if not removal and _is_stale(event.date_time, chip.evolution_date_time):
             return await _store_event(
                 session,
                 event,
@@ -250,7 +252,7 @@ async def _apply(
     if decision.changed:
         await _append_history(session, chip.id, decision, source, facts, webhook_event_id, now)
         logger.info(
-            "chip %s %s: %s/%s -> %s/%s (%s)",
+            "chip %r %s: %s/%s -> %s/%s (%s)",
             chip.instance_name,
             decision.trigger.value,
             decision.from_status.value,
@@ -353,7 +355,7 @@ async def _insert_chip(
         )
     )
     await session.flush()
-    logger.info("chip %s registered: -> pending/close (command)", instance_name)
+    logger.info("chip %r registered: -> pending/close (command)", instance_name)
     return chip
 
 
@@ -364,7 +366,7 @@ async def _store_event(
     detail: str | None,
     chip_id: str | None = None,
 ) -> WebhookResult:
-    """Insert the delivery's row; a second copy of a known delivery becomes ``duplicate``."""
+    """Insert the delivery's row; a copy of a delivery that owns its key is ``duplicate``."""
     values = {
         "dedupe_key": event.dedupe_key,
         "instance_name": event.instance,
@@ -384,7 +386,7 @@ async def _store_event(
             index_elements=["dedupe_key"],
             # A literal, not a bound parameter: PostgreSQL matches the partial index by
             # its predicate, which a generic prepared plan cannot see through a parameter.
-            index_where=text("outcome <> 'duplicate'"),
+            index_where=text(KEY_OWNERS),
         )
         .returning(WebhookEventRow.id)
     )
@@ -394,7 +396,7 @@ async def _store_event(
         values.update(outcome=outcome.value, detail=detail, body=None)
         copy = insert(WebhookEventRow).values(**values).returning(WebhookEventRow.id)
         event_id = (await session.execute(copy)).scalar_one()
-    logger.info("webhook %s for %s: %s", event.event, event.instance or "-", outcome.value)
+    logger.info("webhook %s for %r: %s", event.event, event.instance, outcome.value)
     return WebhookResult(outcome, event_id, chip_id, None, detail)
 
 

@@ -108,10 +108,10 @@ def _secret(env: Mapping[str, str]) -> str:
         raise SettingsError(
             f"EVOCHIPS_WEBHOOK_SECRET must be at least {MIN_SECRET_LENGTH} characters long."
         )
-    if not all(c.isalnum() or c in "-_." for c in value):
+    if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
         # It travels in a URL path for senders that cannot add headers.
         raise SettingsError(
-            "EVOCHIPS_WEBHOOK_SECRET may hold only letters, digits, '-', '_' and '.'."
+            "EVOCHIPS_WEBHOOK_SECRET may hold only ASCII letters, digits, '-', '_' and '.'."
         )
     return value
 

@@ -73,10 +73,35 @@ def test_unknown_chip_is_a_clear_error(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_database_is_a_clear_error_and_is_not_created(tmp_path: Path) -> None:
     result = evochips("chips", "list", env={"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)})
     assert result.returncode == 1
-    assert "migrated" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("Error: no database at ")
+    assert result.stderr.rstrip().endswith("run `evochips migrate` first")
+    assert not (tmp_path / "cli.db").exists()
+
+
+def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "cli.db").touch()
+    result = evochips("chips", "list", env={"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)})
+    assert result.returncode == 1
+    assert "database schema missing: run `evochips migrate`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'cli.db'}"
+    result = evochips("migrate", env={"EVOCHIPS_DATABASE_URL": url})
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: could not migrate the database: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_migrate_to_a_postgresql_database_that_does_not_exist(postgres_url: str) -> None:
+    url = postgres_url.rsplit("/", 1)[0] + "/evochips_no_such_database"
+    result = evochips("migrate", env={"EVOCHIPS_DATABASE_URL": url})
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
 def _sqlite(tmp_path: Path) -> str:

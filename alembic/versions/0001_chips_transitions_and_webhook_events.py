@@ -81,8 +81,8 @@ def upgrade() -> None:
         "webhook_events",
         ["dedupe_key"],
         unique=True,
-        sqlite_where=sa.text("outcome <> 'duplicate'"),
-        postgresql_where=sa.text("outcome <> 'duplicate'"),
+        sqlite_where=sa.text("outcome NOT IN ('duplicate', 'unmatched')"),
+        postgresql_where=sa.text("outcome NOT IN ('duplicate', 'unmatched')"),
     )
 
     op.create_table(

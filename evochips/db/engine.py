@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +28,13 @@ from sqlalchemy.ext.asyncio import (
 )
 
 DEFAULT_URL = "sqlite+aiosqlite:///./evochips.db"
+# How long a writer waits for SQLite's write lock before the request is answered 503;
+# well under Evolution's 30 s webhook timeout, so it retries instead of timing out.
+SQLITE_WRITE_WAIT_SECONDS = 10
+# PostgreSQL errors that mean "not reachable or not ready", not "this request is wrong":
+# connection failures (class 08), no such database, bad credentials, no such table (the
+# schema is not migrated), too many connections, and a server starting or stopping.
+_UNAVAILABLE_SQLSTATES = ("08", "3D000", "28000", "28P01", "42P01", "53300", "57P")
 
 
 class DatabaseUnavailable(Exception):
@@ -37,7 +45,10 @@ class Database:
     def __init__(self, url: str | URL = DEFAULT_URL) -> None:
         self.url = make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        self.engine: AsyncEngine = create_async_engine(self.url, **self._engine_options())
+        # hide_parameters: a failed statement's error must not carry QR codes into logs.
+        self.engine: AsyncEngine = create_async_engine(
+            self.url, hide_parameters=True, **self._engine_options()
+        )
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self._writers = asyncio.Lock() if self.is_sqlite else None
@@ -48,7 +59,7 @@ class Database:
 
     def _engine_options(self) -> dict[str, Any]:
         if self.is_sqlite:
-            return {"connect_args": {"timeout": 30}}
+            return {"connect_args": {"timeout": SQLITE_WRITE_WAIT_SECONDS}}
         return {
             "pool_pre_ping": True,
             "pool_timeout": 10,
@@ -81,8 +92,27 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
 
-    def _writer_turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
-        return self._writers if self._writers is not None else contextlib.nullcontext()
+    @contextlib.asynccontextmanager
+    async def _writer_turn(self) -> AsyncIterator[None]:
+        if self._writers is None:
+            yield
+            return
+        self._check_sqlite_file()
+        try:
+            async with asyncio.timeout(SQLITE_WRITE_WAIT_SECONDS):
+                await self._writers.acquire()
+        except TimeoutError as exc:
+            raise DatabaseUnavailable("the database is busy; no write turn in time") from exc
+        try:
+            yield
+        finally:
+            self._writers.release()
+
+    def _check_sqlite_file(self) -> None:
+        """A file deleted under a running service would swallow writes without a trace."""
+        path = self.url.database
+        if path and path != ":memory:" and not os.path.exists(path):
+            raise DatabaseUnavailable(f"the database file {path} does not exist")
 
 
 @contextlib.asynccontextmanager
@@ -93,7 +123,7 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
     except (OperationalError, InterfaceError) as exc:
         raise DatabaseUnavailable(_describe(exc)) from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES):
             raise DatabaseUnavailable(_describe(exc)) from exc
         raise
     except PoolTimeout as exc:
@@ -102,7 +132,13 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
         raise DatabaseUnavailable(f"database unreachable ({type(exc).__name__})") from exc
 
 
+def _sqlstate(exc: DBAPIError) -> str:
+    return str(getattr(exc.orig, "sqlstate", None) or "")
+
+
 def _describe(exc: DBAPIError) -> str:
+    if _sqlstate(exc) == "42P01" or "no such table" in str(exc.orig):
+        return "database schema missing: run `evochips migrate`"
     original = exc.orig if exc.orig is not None else exc
     return f"database unavailable ({type(original).__name__})"
 
@@ -116,7 +152,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_WRITE_WAIT_SECONDS * 1000}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -57,6 +57,12 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Deliveries that own their dedupe key. A duplicate does not, and neither does an
+# unmatched one: the same event must still apply when it is delivered again after its
+# chip has been registered.
+KEY_OWNERS = "outcome NOT IN ('duplicate', 'unmatched')"
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -104,14 +110,14 @@ class Chip(Base):
 class WebhookEventRow(Base):
     __tablename__ = "webhook_events"
     __table_args__ = (
-        # The first delivery of an event owns its key; later copies are rows marked
-        # duplicate, so the index is what makes "exactly one effect" hold under races.
+        # One delivery of an event owns its key; later copies are rows marked duplicate,
+        # so the index is what makes "exactly one effect" hold under races.
         Index(
             "uq_webhook_events_first_delivery",
             "dedupe_key",
             unique=True,
-            sqlite_where=text("outcome <> 'duplicate'"),
-            postgresql_where=text("outcome <> 'duplicate'"),
+            sqlite_where=text(KEY_OWNERS),
+            postgresql_where=text(KEY_OWNERS),
         ),
         Index("ix_webhook_events_instance_name", "instance_name"),
         Index("ix_webhook_events_received_at", "received_at"),

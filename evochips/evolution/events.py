@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from evochips.statemachine import Trigger
@@ -21,6 +22,16 @@ HANDLED_EVENTS = frozenset(
     {"CONNECTION_UPDATE", "QRCODE_UPDATED", "LOGOUT_INSTANCE", "REMOVE_INSTANCE"}
 )
 REDACTED = "[redacted]"
+MAX_EVENT_LENGTH = 64
+MAX_INSTANCE_LENGTH = 255
+MAX_STATUS_CODE = 99_999
+# Column sizes in evochips.db.models; a longer value is no value Evolution sends.
+MAX_JID_LENGTH = 128
+MAX_PROFILE_NAME_LENGTH = 255
+MAX_PAIRING_CODE_LENGTH = 32
+MAX_QR_LENGTH = 512 * 1024
+_EVENT_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _SECRET_KEYS = frozenset({"apikey", "base64", "code", "pairingCode", "token", "hash", "jwt_key"})
 
 # Close reasons after which Evolution v2 does not reconnect by itself and a new QR is
@@ -73,15 +84,9 @@ def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
     Never raises: a body we cannot use becomes an event with an ``ignore_reason``.
     """
     envelope = body if isinstance(body, dict) else {}
-    raw_event = envelope.get("event")
-    if isinstance(raw_event, str) and raw_event.strip():
-        event = normalise_event_name(raw_event)
-    elif suffix:
-        event = normalise_event_name(suffix)
-    else:
-        event = ""
-    instance = envelope.get("instance")
-    instance = instance if isinstance(instance, str) and instance else None
+    by_url = suffix.rsplit("/", 1)[-1] if suffix else None
+    event = _name(envelope.get("event")) or _name(by_url) or ""
+    instance = _text(envelope.get("instance"), MAX_INSTANCE_LENGTH)
     data = envelope.get("data")
     date_time = _parse_date_time(envelope.get("date_time"))
 
@@ -92,11 +97,12 @@ def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
         reason = "the body names no event"
     elif instance is None and event in HANDLED_EVENTS:
         signal, reason = None, "the body names no instance"
+    identity = [instance, event, envelope.get("date_time"), data] if event else body
     return WebhookEvent(
         event=event or "UNKNOWN",
         instance=instance,
         date_time=date_time,
-        dedupe_key=_dedupe_key(instance, event, envelope.get("date_time"), data),
+        dedupe_key=_dedupe_key(identity),
         stored_body=redact(envelope) if event in HANDLED_EVENTS else None,
         signal=signal,
         ignore_reason=reason,
@@ -104,15 +110,26 @@ def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
 
 
 def redact(value: Any) -> Any:
-    """A copy of ``value`` with tokens, API keys and QR codes replaced."""
+    """A copy of ``value`` with tokens, API keys and QR codes replaced, and with text a
+    database cannot store (NUL, lone surrogates) replaced by U+FFFD."""
     if isinstance(value, dict):
         return {
-            key: (REDACTED if key in _SECRET_KEYS and item is not None else redact(item))
+            _storable(str(key)): (
+                REDACTED if key in _SECRET_KEYS and item is not None else redact(item)
+            )
             for key, item in value.items()
         }
     if isinstance(value, list):
         return [redact(item) for item in value]
+    if isinstance(value, str):
+        return _storable(value)
     return value
+
+
+def _storable(text: str) -> str:
+    if text.isascii() and "\x00" not in text:
+        return text
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _signal(event: str, data: Any) -> tuple[Signal | None, str | None]:
@@ -133,9 +150,9 @@ def _qr_signal(data: dict[str, Any]) -> tuple[Signal | None, str | None]:
     qrcode = data.get("qrcode")
     if isinstance(qrcode, dict):
         qr = QrImage(
-            base64=_text(qrcode.get("base64")),
-            code=_text(qrcode.get("code")),
-            pairing_code=_text(qrcode.get("pairingCode")),
+            base64=_text(qrcode.get("base64"), MAX_QR_LENGTH),
+            code=_text(qrcode.get("code"), MAX_QR_LENGTH),
+            pairing_code=_text(qrcode.get("pairingCode"), MAX_PAIRING_CODE_LENGTH),
         )
         if qr.base64 or qr.code or qr.pairing_code:
             return Signal(Trigger.QR_UPDATED, qr=qr), None
@@ -149,8 +166,8 @@ def _qr_signal(data: dict[str, Any]) -> tuple[Signal | None, str | None]:
 def _connection_signal(data: dict[str, Any]) -> tuple[Signal | None, str | None]:
     state = data.get("state")
     reason = _int(data.get("statusReason"))
-    wuid = _text(data.get("wuid"))
-    profile_name = _text(data.get("profileName"))
+    wuid = _text(data.get("wuid"), MAX_JID_LENGTH)
+    profile_name = _text(data.get("profileName"), MAX_PROFILE_NAME_LENGTH)
     if state == "open":
         trigger = Trigger.CONNECTED
     elif state == "connecting":
@@ -168,12 +185,11 @@ def _connection_signal(data: dict[str, Any]) -> tuple[Signal | None, str | None]
     return Signal(trigger, status_reason=reason, wuid=wuid, profile_name=profile_name), None
 
 
-def _dedupe_key(instance: str | None, event: str, date_time: Any, data: Any) -> str:
-    """A hash of what identifies a delivery; ``destination`` and ``apikey`` are left out
-    because the same event reaches us through the instance and the global webhook."""
-    canonical = json.dumps(
-        [instance, event, date_time, data], sort_keys=True, separators=(",", ":"), default=str
-    )
+def _dedupe_key(identity: Any) -> str:
+    """A hash of what identifies a delivery: instance, event, ``date_time`` and ``data``.
+    ``destination`` and ``apikey`` are left out because the same event reaches us through
+    the instance and the global webhook. A body without an event is hashed whole."""
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -186,18 +202,31 @@ def _parse_date_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed.replace(tzinfo=None)
+    if parsed.tzinfo is not None:
+        # "Z" is Evolution's usual (false) label and leaves the wall time as it is; a real
+        # offset is honoured.
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
+    """A status code as a number, from a number or a string of ASCII digits (B16)."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value.strip()[:6])
+    if isinstance(value, bool) or not isinstance(value, int):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
+    return value if 0 <= value <= MAX_STATUS_CODE else None
 
 
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def _text(value: Any, limit: int) -> str | None:
+    """Non-empty text a database can store, no longer than ``limit``; otherwise None."""
+    if not isinstance(value, str) or not value or len(value) > limit:
+        return None
+    return value if _storable(value) == value else None
+
+
+def _name(value: Any) -> str | None:
+    """An event name in the configuration spelling, or None if it cannot be one."""
+    text = _text(value, MAX_EVENT_LENGTH)
+    name = normalise_event_name(text) if text else ""
+    return name if _EVENT_NAME.fullmatch(name) else None

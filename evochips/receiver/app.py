@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +29,8 @@ from evochips.receiver.auth import is_authentic
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# Evolution's bodies nest a dozen levels at most; far deeper JSON is not from Evolution.
+MAX_JSON_DEPTH = 64
 RETRY_AFTER_SECONDS = "5"
 
 
@@ -50,19 +53,21 @@ def create_app(
         except _BodyTooLarge:
             return _error(413, f"body larger than {max_body_bytes} bytes")
         try:
-            body = json.loads(raw)
-        except ValueError:
+            body = json.loads(raw, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
             logger.warning("webhook body is not JSON (%d bytes)", len(raw))
             return _error(400, "body is not JSON")
+        if _deeper_than(body, MAX_JSON_DEPTH):
+            return _error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
 
         event = read_event(body, request.path_params.get("suffix"))
         try:
             result = await record_webhook(db, event)
         except DatabaseUnavailable as exc:
-            logger.warning("webhook %s for %s not stored: %s", event.event, event.instance, exc)
+            logger.warning("webhook %s for %r not stored: %s", event.event, event.instance, exc)
             return _error(503, "database unavailable, retry later", retry=True)
         except (ConcurrentChange, IntegrityError) as exc:
-            logger.error("webhook %s for %s lost a race: %s", event.event, event.instance, exc)
+            logger.error("webhook %s for %r lost a race: %s", event.event, event.instance, exc)
             return _error(503, "concurrent change, retry later", retry=True)
         status = 202 if result.outcome is Outcome.UNMATCHED else 200
         payload: dict[str, Any] = {"outcome": result.outcome.value, "event": event.event}
@@ -79,12 +84,10 @@ def create_app(
                 await session.execute(select(Chip.id).limit(1))
         except DatabaseUnavailable as exc:
             return _error(503, str(exc), retry=True)
-        except ProgrammingError:
-            return _error(503, "database schema missing: run `evochips migrate`", retry=True)
         return JSONResponse({"status": "ready"})
 
     async def unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        logger.exception("unexpected error on %s %s", request.method, _loggable(request.url.path))
         return _error(500, "internal error", retry=True)
 
     @contextlib.asynccontextmanager
@@ -121,6 +124,33 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers more than ``limit`` deep (checked level by level,
+    without recursion, so a hostile body cannot exhaust the stack)."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list)
+        ]
+    return False
+
+
+def _loggable(path: str) -> str:
+    """The path with the secret of ``/k/<secret>`` replaced."""
+    return re.sub(r"(/webhooks/evolution/k/)[^/]*", r"\1[secret]", path)
 
 
 def _error(status: int, message: str, *, retry: bool = False) -> JSONResponse:

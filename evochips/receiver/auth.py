@@ -15,8 +15,10 @@ import jwt
 from starlette.requests import Request
 
 TOKEN_HEADER = "x-evochips-token"
-# Evolution's tokens live 600 s; allow a minute of clock difference either way.
+# Evolution's tokens live 600 s; allow a minute of clock difference either way, and
+# refuse tokens meant to live much longer, which Evolution never makes.
 JWT_LEEWAY_SECONDS = 60
+JWT_MAX_LIFETIME_SECONDS = 900
 
 
 def is_authentic(request: Request, secret: str) -> bool:
@@ -38,7 +40,7 @@ def _same(given: str, expected: str) -> bool:
 
 def _valid_jwt(token: str, secret: str) -> bool:
     try:
-        jwt.decode(
+        claims = jwt.decode(
             token,
             secret,
             algorithms=["HS256"],
@@ -47,4 +49,5 @@ def _valid_jwt(token: str, secret: str) -> bool:
         )
     except jwt.InvalidTokenError:
         return False
-    return True
+    lifetime = claims["exp"] - claims["iat"]
+    return isinstance(lifetime, int | float) and 0 < lifetime <= JWT_MAX_LIFETIME_SECONDS

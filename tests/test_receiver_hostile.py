@@ -1,0 +1,271 @@
+"""Input meant to hurt: odd values, deep or invalid JSON, text databases cannot store,
+databases that vanish or stay locked, and secrets that must not reach the logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from evochips.db import Database
+from evochips.db import engine as engine_module
+from evochips.receiver import create_app
+from tests.chips import given_chip
+from tests.conftest import AUTH, SAMPLES, SECRET, _admin, load_json
+from tests.helpers import chip_named, outcomes, steps
+
+OPEN = load_json(SAMPLES / "v2-webhook-connection-update-open.json")
+
+
+def _event(data: Any, *, event: str = "connection.update", instance: Any = "chip-0001",
+           date_time: str = "2025-10-21T12:00:00.000Z") -> dict[str, Any]:  # fmt: skip
+    return {"event": event, "instance": instance, "data": data, "date_time": date_time}
+
+
+@pytest.mark.parametrize("reason", ["²", "٤٠٣", 99999999999999999999999, 3_000_000_000, -403,
+                                    True, "4 0 3", None])  # fmt: skip
+async def test_odd_status_reasons_are_no_reason(
+    db: Database, receiver: httpx.AsyncClient, reason: Any
+) -> None:
+    await given_chip(db, "chip-0001", "warming", "open")
+    response = await receiver.post(
+        "/webhooks/evolution", json=_event({"state": "close", "statusReason": reason})
+    )
+    assert response.status_code == 200
+    chip = await chip_named(db, "chip-0001")
+    assert (chip.status, chip.connection_state, chip.status_reason) == ("warming", "close", None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"event": "connection.update", "data": {"statusReason": NaN}}',
+        b'{"event": "connection.update", "data": Infinity}',
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps(_event({"x": json.loads("[" * 600 + "]" * 600)})).encode(),
+    ],
+    ids=["nan", "infinity", "deep-invalid", "deep-valid"],
+)
+async def test_json_that_is_not_evolutions_is_400(
+    db: Database, receiver: httpx.AsyncClient, body: bytes
+) -> None:
+    response = await receiver.post("/webhooks/evolution", content=body)
+    assert response.status_code == 400
+    assert await outcomes(db) == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _event({"state": "open"}, instance="chip\x00-0001"),
+        _event({"state": "open"}, event="conn\x00ection.update"),
+        _event({"state": "open", "profileName": "a\ud800b"}),
+        _event({"state": "open", "wuid": "5" * 500 + "@s.whatsapp.net"}),
+        _event({"qrcode": {"pairingCode": "P" * 100, "code": "2@x", "base64": "data:,"}},
+               event="qrcode.updated"),
+        _event({"state": "open"}, event="e" * 500),
+        _event({"state": "open"}, instance="i" * 5000),
+        _event({"text": "nul \x00 and \udfff inside"}, event="messages.upsert"),
+        {"event": "connection.update", "instance": {"nested": "object"}, "data": {}},
+    ],
+    ids=["nul-instance", "nul-event", "surrogate", "long-wuid", "long-pairing-code",
+         "long-event", "long-instance", "unhandled-with-nul", "instance-object"],
+)  # fmt: skip
+async def test_text_a_database_cannot_store_is_never_a_500(
+    db: Database, receiver: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    response = await receiver.post(
+        "/webhooks/evolution",
+        content=json.dumps(body).encode(),  # keeps \\ud800 escaped
+    )
+    assert response.status_code in (200, 202), response.text
+    chip = await chip_named(db, "chip-0001")
+    assert chip.owner_jid is None and chip.evolution_pairing_code is None
+
+
+async def test_bodies_without_an_event_do_not_pass_for_each_other(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    for body in (b"null", b"[]", b'"text"', b"1", b'{"event": 1}', b'{"event": "  "}'):
+        response = await receiver.post("/webhooks/evolution", content=body)
+        assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    assert await outcomes(db) == ["ignored"] * 6
+
+
+async def test_an_unmatched_event_applies_once_its_chip_exists(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    first = await receiver.post("/webhooks/evolution", json=OPEN)
+    await given_chip(db, "chip-0001", "pending", "connecting")
+
+    again = await receiver.post("/webhooks/evolution", json=OPEN)
+    third = await receiver.post("/webhooks/evolution", json=OPEN)
+
+    assert (first.status_code, first.json()["outcome"]) == (202, "unmatched")
+    assert again.json()["outcome"] == "applied" and third.json()["outcome"] == "duplicate"
+    assert (await chip_named(db, "chip-0001")).status == "warming"
+
+
+async def test_removal_applies_whatever_its_timestamp(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    await receiver.post("/webhooks/evolution", json={**OPEN, "date_time": "2025-10-21T15:00:00Z"})
+    remove = load_json(SAMPLES / "v2-webhook-remove-instance.json")  # 14:25, i.e. "older"
+
+    response = await receiver.post("/webhooks/evolution", json=remove)
+
+    assert response.json()["outcome"] == "applied"
+    assert (await chip_named(db, "chip-0001")).status == "deleted"
+
+
+async def test_a_real_offset_is_honoured(db: Database, receiver: httpx.AsyncClient) -> None:
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    # 12:30+03:00 is 09:30 UTC, so a connecting at 10:00Z is newer and applies.
+    await receiver.post("/webhooks/evolution", json={**OPEN, "date_time": "2025-10-21T12:30+03:00"})
+    later = _event({"state": "connecting", "statusReason": 200}, date_time="2025-10-21T10:00Z")
+
+    response = await receiver.post("/webhooks/evolution", json=later)
+
+    assert response.json()["outcome"] == "applied"
+
+
+async def test_long_lived_jwt_is_refused(db: Database) -> None:
+    now = int(time.time())
+    token = jwt.encode({"iat": now, "exp": now + 30 * 365 * 86400}, SECRET, algorithm="HS256")
+    app = create_app(db, SECRET)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://r.test",
+        headers={"authorization": f"Bearer {token}"},
+    ) as client:  # fmt: skip
+        response = await client.post("/webhooks/evolution", json=OPEN)
+    assert response.status_code == 401
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path: Path, sqlite_template: Path) -> AsyncIterator[Database]:
+    path = tmp_path / "evochips.db"
+    path.write_bytes(sqlite_template.read_bytes())
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    yield database
+    await database.dispose()
+
+
+async def test_a_deleted_sqlite_file_is_503_not_silent_loss(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    await given_chip(sqlite_db, "chip-0001", "pending", "connecting")
+    for leftover in tmp_path.glob("evochips.db*"):
+        leftover.unlink()
+    async with _client(sqlite_db) as client:
+        response = await client.post("/webhooks/evolution", json=OPEN)
+    assert response.status_code == 503 and response.headers["retry-after"]
+
+
+async def test_waiting_too_long_for_sqlites_lock_is_503(
+    sqlite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "SQLITE_WRITE_WAIT_SECONDS", 0.2)
+    await given_chip(sqlite_db, "chip-0001", "pending", "connecting")
+    # Another writer holds the turn for the whole request.
+    async with sqlite_db.write(), _client(sqlite_db) as client:
+        started = time.monotonic()
+        response = await client.post("/webhooks/evolution", json=OPEN)
+    assert response.status_code == 503
+    assert time.monotonic() - started < 5
+
+
+async def test_postgres_without_schema_is_503(postgres_url: str) -> None:
+    name = f"evochips_empty_{uuid.uuid4().hex[:8]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    empty = Database(postgres_url.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        async with _client(empty) as client:
+            response = await client.post("/webhooks/evolution", json=OPEN)
+            ready = await client.get("/readyz")
+    finally:
+        await empty.dispose()
+        await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+    assert response.status_code == 503
+    assert ready.status_code == 503 and "evochips migrate" in ready.json()["error"]
+
+
+async def test_postgres_database_that_does_not_exist_is_503(postgres_url: str) -> None:
+    missing = Database(postgres_url.rsplit("/", 1)[0] + "/evochips_no_such_database")
+    async with _client(missing) as client:
+        response = await client.post("/webhooks/evolution", json=OPEN)
+        ready = await client.get("/readyz")
+    await missing.dispose()
+    assert (response.status_code, ready.status_code) == (503, 503)
+
+
+class _Broken(Database):
+    """A database whose writes fail in a way nobody planned for."""
+
+    def write(self) -> Any:
+        raise RuntimeError("boom with ?apikey=leaked")
+
+
+async def test_an_unexpected_error_is_a_bare_500_and_logs_no_secret(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = _Broken(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    caplog.set_level(logging.INFO)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(broken, SECRET), raise_app_exceptions=False),
+        base_url="http://r.test",
+    ) as client:  # fmt: skip
+        response = await client.post(f"/webhooks/evolution/k/{SECRET}/x", json=OPEN)
+    await broken.dispose()
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal error"}
+    ours = "\n".join(
+        f"{record.getMessage()} {record.exc_text or ''}"
+        for record in caplog.records
+        if record.name.startswith("evochips")
+    )
+    assert SECRET not in ours
+    assert "/webhooks/evolution/k/[secret]/x" in ours
+
+
+async def test_instance_names_cannot_forge_log_lines(
+    db: Database, receiver: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    forged = "x\n2026-12-03 INFO evochips.lifecycle: chip 'y' connected"
+    await receiver.post("/webhooks/evolution", json=_event({"state": "open"}, instance=forged))
+    assert not any(line.startswith("2026-12-03 INFO") for line in caplog.text.splitlines())
+
+
+async def test_many_hostile_deliveries_leave_a_consistent_chip(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    chip = await given_chip(db, "chip-0001", "pending", "connecting")
+    bodies = [
+        json.dumps(_event({"state": s, "statusReason": r}, date_time=f"2025-10-21T12:00:{i:02d}Z"))
+        for i, (s, r) in enumerate([("open", 200), ("close", "401"), ("close", "²"),
+                                    ("refused", 428), ("connecting", None)] * 4)
+    ]  # fmt: skip
+    answers = await asyncio.gather(
+        *(receiver.post("/webhooks/evolution", content=b) for b in bodies)
+    )
+    assert {a.status_code for a in answers} == {200}
+    from tests.helpers import assert_history_consistent
+
+    await assert_history_consistent(db, chip.id)
+    assert (await steps(db, "chip-0001"))[0] == "registered:-->pending"
+
+
+def _client(db: Database) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=create_app(db, SECRET))
+    return httpx.AsyncClient(transport=transport, base_url="http://r.test", headers=AUTH)
