@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 # Evolution accepts spaces, slashes and empty names, which then break its own URLs.
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 10, 15
+# Chip ids are UUIDs when evochips makes them; a backend may bring its own, as text.
+CHIP_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")
 
 Result = dict[str, Any]
 P = ParamSpec("P")
@@ -113,6 +115,8 @@ class InstanceManager:
         """Register a chip and create its Evolution instance, configured to post to us."""
         _check_name(instance_name)
         phone = normalise_phone(telefone)
+        if chip_id is not None:
+            _check_chip_id(chip_id)
         # The row comes first so that a webhook arriving before create returns finds it.
         chip = await lifecycle.register(self._db, instance_name, phone, chip_id)
         try:
@@ -288,6 +292,11 @@ def _check_name(instance_name: str) -> None:
         raise InvalidInput(
             f"instance name {instance_name!r} must be 1 to 64 letters, digits, '-' or '_'"
         )
+
+
+def _check_chip_id(chip_id: str) -> None:
+    if not isinstance(chip_id, str) or not CHIP_ID.match(chip_id):
+        raise InvalidInput(f"chip_id {chip_id!r} must be 1 to 36 letters, digits or '-'")
 
 
 def _lifecycle_trigger(name: str) -> Trigger:

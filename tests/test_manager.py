@@ -322,3 +322,12 @@ async def test_a_webhook_sent_before_create_returns_finds_the_chip(
     assert (await steps(db, "chip-0001"))[:2] == [
         "registered:-->pending", "connecting:pending->pending",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("chip_id", ["x" * 37, "", "a b", "ç", "1;DROP TABLE chips"])
+async def test_a_chip_id_that_cannot_be_stored_is_refused(
+    manager: InstanceManager, evolution: FakeEvolution, chip_id: str
+) -> None:
+    result = await manager.criar_instancia("chip-0001", "5511900000001", chip_id)
+    assert result["sucesso"] is False and "chip_id" in result["error"]
+    assert evolution.calls == []
