@@ -8,7 +8,6 @@ import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -18,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from evochips import settings as settings_module
 from evochips.db import Database, DatabaseUnavailable, queries
 from evochips.settings import SettingsError
-from evochips.statemachine import ChipStatus, allowed_triggers
+from evochips.statemachine import ChipStatus, lifecycle_triggers_from
 
 T = TypeVar("T")
 
@@ -93,7 +92,7 @@ def show(name: str, as_json: bool) -> None:
     if chip is None:
         raise click.ClickException(f"no chip with instance name or id {name!r}")
     data = queries.chip_dict(chip)
-    data["allowed_triggers"] = allowed_triggers(ChipStatus(chip.status))
+    data["allowed_triggers"] = lifecycle_triggers_from(ChipStatus(chip.status))
     if as_json:
         _print_json(data)
         return
@@ -125,10 +124,6 @@ def history(name: str, as_json: bool) -> None:
 
 def _run_query(query: Callable[[Database], Awaitable[T]]) -> T:
     url = _or_exit(settings_module.database_url)
-    path = make_url(url).database if url.startswith("sqlite") else None
-    if path and path != ":memory:" and not Path(path).exists():
-        # Opening it would create an empty file and then fail on the missing tables.
-        raise click.ClickException(f"no database at {path}; run `evochips migrate` first")
 
     async def run() -> T:
         db = Database(url)

@@ -100,9 +100,10 @@ async def register(
             if await _live_chip(session, instance_name) is not None:
                 raise RegistrationConflict(f"instance name {instance_name!r} is already in use")
             existing = await _lock(session, Chip.id == chip_id) if chip_id else None
+            floor = await _last_seen(session, instance_name)
             if existing is None:
                 return await _insert_chip(
-                    session, chip_id or str(uuid.uuid4()), instance_name, telefone
+                    session, chip_id or str(uuid.uuid4()), instance_name, telefone, floor
                 )
             if existing.status != ChipStatus.DELETED:
                 raise RegistrationConflict(
@@ -121,7 +122,7 @@ async def register(
                 "telefone": telefone,
                 "deleted_at": None,
                 "evolution_instance_id": None,
-                "evolution_date_time": None,
+                "evolution_date_time": floor,
                 "status_reason": None,
                 "owner_jid": None,
                 "profile_name": None,
@@ -180,9 +181,7 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
             qr=signal.qr,
             evolution_date_time=event.date_time,
         )
-        # Removal is final whatever its timestamp: nothing can supersede it.
-        removal = signal.trigger is Trigger.REMOVED
-        if not removal and _is_stale(event.date_time, chip.evolution_date_time):
+        if _is_stale(event.date_time, chip.evolution_date_time):
             return await _store_event(
                 session,
                 event,
@@ -325,7 +324,11 @@ def _metadata(facts: Facts) -> dict[str, Any]:
 
 
 async def _insert_chip(
-    session: AsyncSession, chip_id: str, instance_name: str, telefone: str
+    session: AsyncSession,
+    chip_id: str,
+    instance_name: str,
+    telefone: str,
+    evolution_date_time: datetime | None,
 ) -> Chip:
     now = utcnow()
     chip = Chip(
@@ -335,6 +338,7 @@ async def _insert_chip(
         status=ChipStatus.PENDING.value,
         connection_state=ConnectionState.CLOSE.value,
         evolution_connected=False,
+        evolution_date_time=evolution_date_time,
         version=1,
         created_at=now,
         updated_at=now,
@@ -398,6 +402,17 @@ async def _store_event(
         event_id = (await session.execute(copy)).scalar_one()
     logger.info("webhook %s for %r: %s", event.event, event.instance, outcome.value)
     return WebhookResult(outcome, event_id, chip_id, None, detail)
+
+
+async def _last_seen(session: AsyncSession, instance_name: str) -> datetime | None:
+    """The newest Evolution ``date_time`` ever received for this name. A chip that takes
+    over a name starts from it, so a late or retried event from an earlier instance of
+    that name is stale instead of moving the new chip."""
+    return await session.scalar(
+        select(func.max(WebhookEventRow.date_time)).where(
+            WebhookEventRow.instance_name == instance_name
+        )
+    )
 
 
 async def _without_chip(session: AsyncSession, instance: str) -> tuple[Outcome, str]:

@@ -12,6 +12,7 @@ another, through the same state machine the webhooks use.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -26,9 +27,11 @@ from evochips.evolution.errors import (
     EvolutionProtocolError,
     EvolutionRejected,
     EvolutionUnavailable,
+    InstanceNameInUse,
 )
 from evochips.evolution.events import QrImage
 from evochips.evolution.shapes import (
+    CreatedInstance,
     DeleteOutcome,
     InstanceState,
     LogoutOutcome,
@@ -43,10 +46,10 @@ from evochips.statemachine import LIFECYCLE_TRIGGERS, InvalidTransition, Trigger
 logger = logging.getLogger(__name__)
 
 # Evolution accepts spaces, slashes and empty names, which then break its own URLs.
-INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+INSTANCE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MIN_PHONE_DIGITS, MAX_PHONE_DIGITS = 10, 15
 # Chip ids are UUIDs when evochips makes them; a backend may bring its own, as text.
-CHIP_ID = re.compile(r"^[A-Za-z0-9-]{1,36}$")
+CHIP_ID = re.compile(r"[A-Za-z0-9-]{1,36}")
 
 Result = dict[str, Any]
 P = ParamSpec("P")
@@ -54,6 +57,17 @@ P = ParamSpec("P")
 
 class InvalidInput(ValueError):
     """An argument the caller can fix: a bad instance name, phone number or trigger."""
+
+
+class _Unconfirmed(EvolutionUnavailable):
+    """Create got no usable answer: the instance may or may not exist in Evolution."""
+
+    def __init__(self, chip: Chip, cause: EvolutionError) -> None:
+        super().__init__(
+            f"{cause}; instance {chip.instance_name!r} may exist in Evolution, so chip "
+            f"{chip.id} stays pending: call criar_instancia again to finish, or delete it"
+        )
+        self.fields = {"chip_id": chip.id, "instance_name": chip.instance_name}
 
 
 _EXPECTED_FAILURES = (
@@ -78,7 +92,8 @@ def _command(
                 return {"sucesso": True, **await method(*args, **kwargs)}
             except _EXPECTED_FAILURES as exc:
                 logger.info("%s failed: %s", method.__name__, exc)
-                return {"sucesso": False, **on_failure, "error": str(exc)}
+                fields = getattr(exc, "fields", {})
+                return {"sucesso": False, **on_failure, **fields, "error": str(exc)}
 
         return run
 
@@ -112,20 +127,35 @@ class InstanceManager:
     async def criar_instancia(
         self, instance_name: str, telefone: str, chip_id: str | None = None
     ) -> Result:
-        """Register a chip and create its Evolution instance, configured to post to us."""
+        """Register a chip and create its Evolution instance, configured to post to us.
+
+        Called again for a chip whose create got no answer, it finishes that create.
+        """
         _check_name(instance_name)
         phone = normalise_phone(telefone)
         if chip_id is not None:
             _check_chip_id(chip_id)
-        # The row comes first so that a webhook arriving before create returns finds it.
-        chip = await lifecycle.register(self._db, instance_name, phone, chip_id)
+        # Learn the version first: if Evolution cannot be reached, nothing is written.
+        await self._evolution.api_version()
+        chip = await self._unconfirmed_chip(instance_name, phone, chip_id)
+        finishing = chip is not None
+        if chip is None:
+            # The row comes first so that a webhook arriving before create returns finds it.
+            chip = await lifecycle.register(self._db, instance_name, phone, chip_id)
         try:
             created = await self._evolution.create_instance(instance_name, self._webhook)
+        except InstanceNameInUse as exc:
+            if not finishing:
+                await self._forget(chip, exc)
+                raise
+            created = await self._adopt(instance_name)
         except EvolutionRejected as exc:
+            if exc.retryable:  # a 5xx from Evolution or a proxy: the outcome is unknown
+                raise _Unconfirmed(chip, exc) from exc
             await self._forget(chip, exc)
             raise
         except (EvolutionUnavailable, EvolutionProtocolError) as exc:
-            raise _Unconfirmed(instance_name, exc) from exc
+            raise _Unconfirmed(chip, exc) from exc
         await lifecycle.remember_instance(self._db, chip.id, created.instance_id)
         qr = created.qr if created.qr is not None and created.qr.ready else None
         if qr is not None:
@@ -139,14 +169,14 @@ class InstanceManager:
     @_command(qr_code=None, code=None, connected=False)
     async def obter_qr_code(self, instance_name: str) -> Result:
         """Fetch the current QR; ``qr_code`` is None until Evolution has one."""
-        chip = await lifecycle.find_chip(self._db, instance_name)
+        chip = await self._chip(instance_name)
         answer = await self._evolution.connect(instance_name)
         return await self._connect_result(chip, answer)
 
     @_command(state=None, connected=False)
     async def verificar_conexao(self, instance_name: str) -> Result:
         """Ask Evolution for the live connection state and bring the chip in line."""
-        chip = await lifecycle.find_chip(self._db, instance_name)
+        chip = await self._chip(instance_name)
         state = await self._evolution.connection_state(instance_name)
         trigger = _POLLED_TRIGGERS.get(state or "")
         if trigger is not None:
@@ -172,7 +202,7 @@ class InstanceManager:
         chip = await self._owned_chip(instance_name, chip_id, include_deleted=True)
         if chip.deleted_at is not None:
             return {"message": f"chip {chip.id} was already deleted"}
-        outcome = await self._delete(instance_name)
+        outcome = await self._delete(chip)
         note = {"evolution": outcome.value}
         await lifecycle.fire(self._db, chip.id, Trigger.REMOVED, Source.COMMAND, Facts(note=note))
         if outcome is DeleteOutcome.ABSENT:
@@ -204,7 +234,7 @@ class InstanceManager:
     async def transicionar(self, instance_name: str, trigger: str) -> Result:
         """Move a chip through its lifecycle: promote, activate, degrade or restore."""
         chosen = _lifecycle_trigger(trigger)
-        chip = await lifecycle.find_chip(self._db, instance_name)
+        chip = await self._chip(instance_name)
         applied = await lifecycle.fire(self._db, chip.id, chosen, Source.COMMAND)
         decision = applied.decision
         return {
@@ -229,25 +259,70 @@ class InstanceManager:
         image = QrImage(base64=qr.base64, code=qr.code, pairing_code=qr.pairing_code)
         await lifecycle.fire(self._db, chip.id, Trigger.QR_UPDATED, source, Facts(qr=image))
 
-    async def _delete(self, instance_name: str) -> DeleteOutcome:
+    async def _delete(self, chip: Chip) -> DeleteOutcome:
+        name = chip.instance_name
         try:
-            return await self._evolution.delete(instance_name)
+            return await self._evolution.delete(name)
         except EvolutionRejected as exc:
-            # v1 refuses to delete a connected instance (reference section 2.7).
-            if exc.status != 400 or "disconnected" not in str(exc):
+            if not _needs_disconnect(exc):
                 raise
-        await self._evolution.logout(instance_name)
-        return await self._evolution.delete(instance_name)
+        # v1 refuses to delete a connected instance (reference section 2.7), and its
+        # logout answers before the connection is closed, so delete is tried a few times.
+        await self._evolution.logout(name)
+        note = {"evolution": LogoutOutcome.LOGGED_OUT.value, "for": "delete"}
+        await lifecycle.fire(
+            self._db, chip.id, Trigger.LOGGED_OUT, Source.COMMAND, Facts(note=note)
+        )
+        for pause in V1_DELETE_PAUSES:
+            await asyncio.sleep(pause)
+            try:
+                return await self._evolution.delete(name)
+            except EvolutionRejected as exc:
+                if not _needs_disconnect(exc):
+                    raise
+        raise EvolutionRejected(
+            f"Evolution logged {name!r} out but still refuses to delete it; delete it again "
+            "once its connection has closed",
+            status=400,
+        )
+
+    async def _chip(self, instance_name: str) -> Chip:
+        _check_name(instance_name)
+        return await lifecycle.find_chip(self._db, instance_name)
 
     async def _owned_chip(
         self, instance_name: str, chip_id: str | None, *, include_deleted: bool = False
     ) -> Chip:
+        _check_name(instance_name)
         chip = await lifecycle.find_chip(self._db, instance_name, include_deleted=include_deleted)
-        if chip_id is not None and chip.id != chip_id:
+        if chip_id is not None and chip.id != chip_id:  # also catches a chip_id of a wrong type
             raise ChipNotFound(
                 f"instance {instance_name!r} belongs to chip {chip.id}, not {chip_id}"
             )
         return chip
+
+    async def _unconfirmed_chip(
+        self, instance_name: str, telefone: str, chip_id: str | None
+    ) -> Chip | None:
+        """The chip of an earlier create of this name that got no answer, if this call
+        repeats it (same phone and, if given, same chip)."""
+        try:
+            chip = await lifecycle.find_chip(self._db, instance_name)
+        except ChipNotFound:
+            return None
+        repeats = chip.telefone == telefone and chip_id in (None, chip.id)
+        unconfirmed = chip.status == "pending" and chip.evolution_instance_id is None
+        return chip if repeats and unconfirmed else None
+
+    async def _adopt(self, instance_name: str) -> CreatedInstance:
+        """Evolution has the instance our unanswered create asked for: take it as created."""
+        info = await self._evolution.fetch_instance(instance_name)
+        if info is None:
+            raise EvolutionProtocolError(
+                f"Evolution says {instance_name!r} is in use but does not list it"
+            )
+        logger.info("instance %r adopted: an earlier create had made it", instance_name)
+        return CreatedInstance(instance_id=info.instance_id, status=info.state, qr=None)
 
     async def _forget(self, chip: Chip, exc: EvolutionRejected) -> None:
         """Evolution refused the create: the chip did not come to exist."""
@@ -260,14 +335,11 @@ class InstanceManager:
             logger.warning("chip %s could not be marked rejected: %s", chip.id, forget_exc)
 
 
-class _Unconfirmed(EvolutionUnavailable):
-    """Create got no usable answer: the instance may or may not exist in Evolution."""
+V1_DELETE_PAUSES = (0.5, 1.0, 2.0)
 
-    def __init__(self, instance_name: str, cause: EvolutionError) -> None:
-        super().__init__(
-            f"{cause}; instance {instance_name!r} may exist in Evolution, so its chip stays "
-            "pending: check its connection or delete it"
-        )
+
+def _needs_disconnect(exc: EvolutionRejected) -> bool:
+    return exc.status == 400 and "disconnected" in str(exc)
 
 
 _POLLED_TRIGGERS = {
@@ -279,7 +351,9 @@ _POLLED_TRIGGERS = {
 
 def normalise_phone(telefone: str) -> str:
     """Digits only (``+55 (11) 90000-0001`` becomes ``5511900000001``); raises InvalidInput."""
-    digits = re.sub(r"\D", "", telefone or "")
+    if not isinstance(telefone, str):
+        raise InvalidInput(f"telefone must be text, not {type(telefone).__name__}")
+    digits = re.sub(r"[^0-9]", "", telefone)
     if not MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS:
         raise InvalidInput(
             f"telefone {telefone!r} must have {MIN_PHONE_DIGITS} to {MAX_PHONE_DIGITS} digits"
@@ -288,19 +362,19 @@ def normalise_phone(telefone: str) -> str:
 
 
 def _check_name(instance_name: str) -> None:
-    if not isinstance(instance_name, str) or not INSTANCE_NAME.match(instance_name):
+    if not isinstance(instance_name, str) or not INSTANCE_NAME.fullmatch(instance_name):
         raise InvalidInput(
             f"instance name {instance_name!r} must be 1 to 64 letters, digits, '-' or '_'"
         )
 
 
 def _check_chip_id(chip_id: str) -> None:
-    if not isinstance(chip_id, str) or not CHIP_ID.match(chip_id):
+    if not isinstance(chip_id, str) or not CHIP_ID.fullmatch(chip_id):
         raise InvalidInput(f"chip_id {chip_id!r} must be 1 to 36 letters, digits or '-'")
 
 
 def _lifecycle_trigger(name: str) -> Trigger:
     allowed = {t.value: t for t in LIFECYCLE_TRIGGERS}
-    if name not in allowed:
+    if not isinstance(name, str) or name not in allowed:
         raise InvalidInput(f"trigger {name!r} is not one of {', '.join(allowed)}")
     return allowed[name]

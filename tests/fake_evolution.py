@@ -66,7 +66,9 @@ class FakeEvolution:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
-        status, answer = self.answer(request.method, request.url.path, request.headers, body)
+        status, answer = self.answer(
+            request.method, request.url.path, request.headers, body, request.url.params
+        )
         return httpx.Response(
             status, content=answer.encode(), headers={"content-type": "application/json"}
         )
@@ -75,7 +77,9 @@ class FakeEvolution:
         async def endpoint(request: Request) -> Response:
             raw = await request.body()
             body = json.loads(raw) if raw else None
-            status, answer = self.answer(request.method, request.url.path, request.headers, body)
+            status, answer = self.answer(
+                request.method, request.url.path, request.headers, body, request.query_params
+            )
             return Response(answer, status_code=status, media_type="application/json")
 
         methods = ["GET", "POST", "PUT", "DELETE"]
@@ -86,12 +90,17 @@ class FakeEvolution:
 
     # -- the server's behaviour ----------------------------------------------------------
 
-    def answer(self, method: str, path: str, headers: Any, body: Any) -> tuple[int, str]:
+    def answer(
+        self, method: str, path: str, headers: Any, body: Any, query: Any = None
+    ) -> tuple[int, str]:
+        query = query or {}
         self.calls.append((method, path, body))
         if path == "/":
             return recorded("01")
         if (method, path) == ("POST", "/instance/create"):
             return self._create(headers, body)
+        if (method, path) == ("GET", "/instance/fetchInstances"):
+            return self._fetch(query.get("instanceName"))
         match = re.fullmatch(r"/instance/(\w+)/([^/]+)", path)
         if match is None:
             return 404, json.dumps(_error(404, "Not Found", [f"Cannot {method} {path}"]))
@@ -130,6 +139,19 @@ class FakeEvolution:
         answer["webhook"]["webhookUrl"] = body["webhook"]["url"]
         answer["qrcode"] = self._next_qr(instance)
         return status, json.dumps(answer)
+
+    def _fetch(self, name: str | None) -> tuple[int, str]:
+        chosen = [i for i in self.instances.values() if name in (None, i.name)]
+        if name is not None and not chosen:
+            status, text = recorded("28")
+            return status, _named(text, "doesnotexist", name)
+        template = load_json(SAMPLES / "v2-fetch-instances.json")[0]
+        rows = [
+            {**template, "id": i.instance_id, "name": i.name, "connectionStatus": i.state,
+             "ownerJid": None, "token": i.token}
+            for i in chosen
+        ]  # fmt: skip
+        return 200, json.dumps(rows)
 
     def _connect(self, instance: FakeInstance) -> tuple[int, str]:
         if instance.state == "open":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -343,3 +344,35 @@ def test_v1_is_given_the_url_that_carries_the_secret() -> None:
     assert webhook_body(1, hook)["url"] == "http://e/webhooks/evolution/k/s"
     v2 = create_body(2, "chip-0001", hook)["webhook"]
     assert (v2["url"], v2["headers"]) == ("http://e/webhooks/evolution", {"x-evochips-token": "s"})
+
+
+@pytest.mark.parametrize(
+    ("call", "content"),
+    [
+        (CONNECT, b"[" * 100_000 + b"]" * 100_000),
+        (LOGOUT, b"[]"),
+        (DELETE, b'"ok"'),
+    ],
+    ids=["deep-json", "logout-list", "delete-string"],
+)
+async def test_answers_of_the_wrong_shape_are_protocol_errors(call: Call, content: bytes) -> None:
+    async with evolution_with(lambda r: httpx.Response(200, content=content)) as client:
+        with pytest.raises(EvolutionProtocolError):
+            await call(client)
+
+
+async def test_a_trickling_answer_ends_at_the_call_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("evochips.evolution.client.CALL_DEADLINE_SECONDS", 0.2)
+
+    class Trickle(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            await asyncio.sleep(5)
+            return json_response(200, {})
+
+    client = EvolutionClient("http://e.test", "k", api_version=2, transport=Trickle(),
+                             read_attempts=1)  # fmt: skip
+    async with client:
+        with pytest.raises(EvolutionTimeout):
+            await client.connection_state("chip-0001")

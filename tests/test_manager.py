@@ -12,9 +12,17 @@ from evochips.db import Database
 from evochips.evolution.client import EvolutionClient
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager
+from tests.chips import given_chip
 from tests.conftest import SAMPLES, load_json
 from tests.fake_evolution import GLOBAL_KEY, FakeEvolution, FakeInstance
-from tests.helpers import assert_history_consistent, chip_named, outcomes, steps
+from tests.helpers import (
+    assert_history_consistent,
+    chip_named,
+    evolution_with,
+    json_response,
+    outcomes,
+    steps,
+)
 
 HOOK = WebhookTarget("http://evochips.test/webhooks/evolution", {"x-evochips-token": "s"})
 
@@ -232,8 +240,13 @@ async def test_lifecycle_commands_follow_the_table(
         ("bad/name", "5511900000001", "instance name"),
         ("", "5511900000001", "instance name"),
         ("x" * 65, "5511900000001", "instance name"),
+        ("nl-1\n", "5511900000001", "instance name"),
+        ("chip\ud800", "5511900000001", "instance name"),
+        (["chip-0001"], "5511900000001", "instance name"),
         ("chip-0001", "12345", "telefone"),
         ("chip-0001", "", "telefone"),
+        ("chip-0001", 5511900000001, "telefone must be text"),
+        ("chip-0001", "٥٥١١٩٠٠٠٠٠٠٠١", "telefone"),
     ],
 )
 async def test_create_validates_before_touching_anything(
@@ -246,24 +259,66 @@ async def test_create_validates_before_touching_anything(
     assert evolution.calls == []
 
 
-async def test_evolution_unreachable_is_an_error_not_an_exception(db: Database) -> None:
+async def test_evolution_unreachable_is_an_error_and_writes_nothing(db: Database) -> None:
     def down(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
 
-    transport = httpx.MockTransport(down)
     client = EvolutionClient(
-        "http://evolution.test", GLOBAL_KEY, transport=transport, read_attempts=1
-    )
+        "http://evolution.test", GLOBAL_KEY, api_version=None,
+        transport=httpx.MockTransport(down), read_attempts=1,
+    )  # fmt: skip
     manager = InstanceManager(db, client, HOOK)
 
     result = await manager.criar_instancia("chip-0001", "5511900000001")
 
     assert result["sucesso"] is False and "unreachable" in result["error"]
-    assert "may exist" in result["error"]
+    assert result["chip_id"] is None
+    assert await manager.obter_qr_code("chip-0001") == {
+        "sucesso": False, "qr_code": None, "code": None, "connected": False,
+        "error": "no chip has instance 'chip-0001'",
+    }  # fmt: skip
+
+
+class _AnswerLost(httpx.AsyncBaseTransport):
+    """Evolution acts on the create, but its answer never reaches us."""
+
+    def __init__(self, evolution: FakeEvolution, failure: httpx.Response | None = None) -> None:
+        self._evolution = evolution
+        self._failure = failure
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self._evolution.handle(request)
+        if request.url.path != "/instance/create":
+            return answer
+        if self._failure is not None:
+            return self._failure
+        raise httpx.ReadTimeout("no answer", request=request)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [None, httpx.Response(504, text="<html>504 Gateway Time-out</html>")],
+    ids=["timeout", "gateway-504"],
+)
+async def test_create_without_an_answer_keeps_the_chip_and_a_repeat_finishes_it(
+    db: Database, evolution: FakeEvolution, failure: httpx.Response | None
+) -> None:
+    lost = EvolutionClient("http://evolution.test", GLOBAL_KEY,
+                           transport=_AnswerLost(evolution, failure))  # fmt: skip
+    first = await InstanceManager(db, lost, HOOK).criar_instancia("chip-0001", "5511900000001")
+
+    assert first["sucesso"] is False and "may exist" in first["error"]
+    assert first["chip_id"] is not None and first["instance_name"] == "chip-0001"
     chip = await chip_named(db, "chip-0001")
-    assert chip.status == "pending", "the outcome is unknown, so the chip is kept"
-    qr = await manager.obter_qr_code("chip-0001")
-    assert qr["sucesso"] is False and qr["connected"] is False
+    assert (chip.id, chip.status, chip.evolution_instance_id) == (first["chip_id"], "pending", None)
+
+    fine = EvolutionClient("http://evolution.test", GLOBAL_KEY, transport=evolution.transport())
+    again = await InstanceManager(db, fine, HOOK).criar_instancia("chip-0001", "5511900000001")
+
+    assert again["sucesso"] is True and again["chip_id"] == first["chip_id"]
+    chip = await chip_named(db, "chip-0001")
+    assert chip.evolution_instance_id == evolution.instances["chip-0001"].instance_id
+    assert await steps(db, "chip-0001") == ["registered:-->pending"]
 
 
 async def test_unknown_instance_is_an_error(manager: InstanceManager) -> None:
@@ -331,3 +386,59 @@ async def test_a_chip_id_that_cannot_be_stored_is_refused(
     result = await manager.criar_instancia("chip-0001", "5511900000001", chip_id)
     assert result["sucesso"] is False and "chip_id" in result["error"]
     assert evolution.calls == []
+
+
+@pytest.mark.parametrize("name", ["x\x00y", "nl-1\n", "a/b", 7])
+async def test_every_command_checks_the_name_before_looking(
+    manager: InstanceManager, evolution: FakeEvolution, name: object
+) -> None:
+    for result in (
+        await manager.obter_qr_code(name),  # type: ignore[arg-type]
+        await manager.verificar_conexao(name),  # type: ignore[arg-type]
+        await manager.desconectar_instancia(name, None),  # type: ignore[arg-type]
+        await manager.deletar_instancia(name, None),  # type: ignore[arg-type]
+        await manager.reconectar_instancia(name, None),  # type: ignore[arg-type]
+        await manager.transicionar(name, "promote"),  # type: ignore[arg-type]
+    ):
+        assert result["sucesso"] is False and "instance name" in result["error"]
+    assert evolution.calls == []
+
+
+async def test_a_trigger_of_the_wrong_type_is_refused(manager: InstanceManager) -> None:
+    await manager.criar_instancia("chip-0001", "5511900000001")
+    result = await manager.transicionar("chip-0001", ["promote"])  # type: ignore[arg-type]
+    assert result["sucesso"] is False and "not one of" in result["error"]
+
+
+async def test_v1_delete_of_a_connected_instance_logs_out_first(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("evochips.manager.V1_DELETE_PAUSES", (0, 0, 0))
+    needs = load_json(SAMPLES / "v1-delete-400-needs-disconnect.json")
+    deletes = [json_response(400, needs), json_response(400, needs),
+               json_response(200, load_json(SAMPLES / "v1-delete-success.json"))]  # fmt: skip
+    calls: list[str] = []
+
+    def v1(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        if request.url.path == "/instance/delete/chip-0001":
+            return deletes.pop(0)
+        if request.url.path == "/instance/logout/chip-0001":
+            return json_response(200, load_json(SAMPLES / "v1-logout-success.json"))
+        return json_response(404, {"status": 404})
+
+    chip = await given_chip(db, "chip-0001", "active", "open")
+    manager = InstanceManager(db, evolution_with(v1, api_version=1), HOOK)
+
+    result = await manager.deletar_instancia("chip-0001", chip.id)
+
+    assert result == {"sucesso": True, "message": "instance chip-0001 deleted"}
+    assert calls == [
+        "DELETE /instance/delete/chip-0001",
+        "DELETE /instance/logout/chip-0001",
+        "DELETE /instance/delete/chip-0001",
+        "DELETE /instance/delete/chip-0001",
+    ]
+    assert (await steps(db, "chip-0001"))[-2:] == [
+        "logged_out:active->pending", "removed:pending->deleted",
+    ]  # fmt: skip

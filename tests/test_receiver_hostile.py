@@ -16,9 +16,12 @@ import httpx
 import jwt
 import pytest
 
+from evochips import lifecycle
 from evochips.db import Database
 from evochips.db import engine as engine_module
+from evochips.lifecycle import Source
 from evochips.receiver import create_app
+from evochips.statemachine import Trigger
 from tests.chips import given_chip
 from tests.conftest import AUTH, SAMPLES, SECRET, _admin, load_json
 from tests.helpers import chip_named, outcomes, steps
@@ -116,17 +119,26 @@ async def test_an_unmatched_event_applies_once_its_chip_exists(
     assert (await chip_named(db, "chip-0001")).status == "warming"
 
 
-async def test_removal_applies_whatever_its_timestamp(
+async def test_late_events_of_an_old_instance_do_not_touch_its_successor(
     db: Database, receiver: httpx.AsyncClient
 ) -> None:
-    await given_chip(db, "chip-0001", "pending", "connecting")
-    await receiver.post("/webhooks/evolution", json={**OPEN, "date_time": "2025-10-21T15:00:00Z"})
-    remove = load_json(SAMPLES / "v2-webhook-remove-instance.json")  # 14:25, i.e. "older"
+    old = await given_chip(db, "chip-0001", "pending", "connecting")
+    await receiver.post("/webhooks/evolution", json=OPEN)  # 12:04:45, the old instance
+    await lifecycle.fire(db, old.id, Trigger.REMOVED, Source.COMMAND)
+    new = await given_chip(db, "chip-0001", "pending", "connecting")  # same name, new instance
 
-    response = await receiver.post("/webhooks/evolution", json=remove)
+    for name in ("logout-instance", "connection-update-close-401", "remove-instance"):
+        late = {
+            **load_json(SAMPLES / f"v2-webhook-{name}.json"),
+            "date_time": "2025-10-21T12:04:44Z",
+        }
+        response = await receiver.post("/webhooks/evolution", json=late)
+        assert response.json()["outcome"] == "stale", name
+    retried = await receiver.post("/webhooks/evolution", json=OPEN)
+    assert retried.json()["outcome"] == "duplicate"
 
-    assert response.json()["outcome"] == "applied"
-    assert (await chip_named(db, "chip-0001")).status == "deleted"
+    chip = await chip_named(db, "chip-0001")
+    assert chip.id == new.id and (chip.status, chip.connection_state) == ("pending", "connecting")
 
 
 async def test_a_real_offset_is_honoured(db: Database, receiver: httpx.AsyncClient) -> None:
@@ -269,3 +281,24 @@ async def test_many_hostile_deliveries_leave_a_consistent_chip(
 def _client(db: Database) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=create_app(db, SECRET))
     return httpx.AsyncClient(transport=transport, base_url="http://r.test", headers=AUTH)
+
+
+@pytest.mark.parametrize("date_time", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+async def test_dates_at_the_calendars_edge_are_no_date(
+    db: Database, receiver: httpx.AsyncClient, date_time: str
+) -> None:
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    response = await receiver.post("/webhooks/evolution", json={**OPEN, "date_time": date_time})
+    assert response.status_code == 200 and response.json()["outcome"] == "applied"
+
+
+@pytest.mark.parametrize("claims", [{"iat": "now", "exp": "later"}, {"iat": True, "exp": 600}])
+async def test_a_signed_jwt_with_odd_times_is_refused(db: Database, claims: dict[str, Any]) -> None:
+    token = jwt.encode(claims, SECRET, algorithm="HS256")
+    app = create_app(db, SECRET)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://r.test",
+        headers={"authorization": f"Bearer {token}"},
+    ) as client:  # fmt: skip
+        response = await client.post("/webhooks/evolution", json=OPEN)
+    assert response.status_code == 401

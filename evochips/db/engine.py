@@ -81,6 +81,8 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
+        if self.is_sqlite:
+            self._check_sqlite_file()
         async with _unavailable_on_failure(), self._read_sessions() as session:
             yield session
 
@@ -109,10 +111,11 @@ class Database:
             self._writers.release()
 
     def _check_sqlite_file(self) -> None:
-        """A file deleted under a running service would swallow writes without a trace."""
+        """SQLite would create a missing file (and a file deleted under a running service
+        would swallow writes without a trace), so its absence is said first."""
         path = self.url.database
         if path and path != ":memory:" and not os.path.exists(path):
-            raise DatabaseUnavailable(f"the database file {path} does not exist")
+            raise DatabaseUnavailable(f"no database at {path}; run `evochips migrate` first")
 
 
 @contextlib.asynccontextmanager
@@ -136,9 +139,19 @@ def _sqlstate(exc: DBAPIError) -> str:
     return str(getattr(exc.orig, "sqlstate", None) or "")
 
 
+_SQLSTATE_MEANINGS = {
+    "3D000": "the database does not exist",
+    "28000": "the database refused the credentials",
+    "28P01": "the database refused the credentials",
+    "53300": "the database has no free connections",
+}
+
+
 def _describe(exc: DBAPIError) -> str:
     if _sqlstate(exc) == "42P01" or "no such table" in str(exc.orig):
         return "database schema missing: run `evochips migrate`"
+    if _sqlstate(exc) in _SQLSTATE_MEANINGS:
+        return f"database unavailable: {_SQLSTATE_MEANINGS[_sqlstate(exc)]}"
     original = exc.orig if exc.orig is not None else exc
     return f"database unavailable ({type(original).__name__})"
 

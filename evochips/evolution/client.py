@@ -57,6 +57,9 @@ DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=10.0, pool=5.0)
 # Evolution sleeps 5 s before answering a create with ``qrcode: true`` (and longer under
 # load or behind a proxy), so create gets its own, longer read timeout.
 CREATE_TIMEOUT = httpx.Timeout(connect=5.0, read=45.0, write=10.0, pool=5.0)
+# A whole call, however slowly the answer trickles in, ends after this long.
+CALL_DEADLINE_SECONDS = 20.0
+CREATE_DEADLINE_SECONDS = 60.0
 # Reads (GET) are retried on failures that may pass; calls that change something are
 # not, because Evolution may have acted on a request whose answer we lost.
 READ_ATTEMPTS = 3
@@ -131,8 +134,9 @@ class EvolutionClient:
 
     async def logout(self, name: str) -> LogoutOutcome:
         """Log the number out; an instance that is not connected counts as logged out."""
+        path = f"/instance/logout/{name}"
         try:
-            await self._request("DELETE", f"/instance/logout/{name}")
+            expect_dict(await self._request("DELETE", path), path)
         except EvolutionRejected as exc:
             if exc.status == 400 and "not connected" in str(exc):
                 return LogoutOutcome.NOT_CONNECTED
@@ -144,8 +148,9 @@ class EvolutionClient:
 
         Raises EvolutionRejected (status 400) on v1 when the instance is still connected.
         """
+        path = f"/instance/delete/{name}"
         try:
-            await self._request("DELETE", f"/instance/delete/{name}")
+            expect_dict(await self._request("DELETE", path), path)
         except InstanceNotFound:
             return DeleteOutcome.ABSENT
         return DeleteOutcome.DELETED
@@ -204,11 +209,13 @@ class EvolutionClient:
     ) -> Any:
         """Send one request and return its decoded JSON, or raise an EvolutionError."""
         started = time.perf_counter()
+        deadline = CREATE_DEADLINE_SECONDS if timeout is CREATE_TIMEOUT else CALL_DEADLINE_SECONDS
         try:
-            response = await self._http.request(
-                method, path, json=json, params=params, timeout=timeout or self._http.timeout
-            )
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(deadline):
+                response = await self._http.request(
+                    method, path, json=json, params=params, timeout=timeout or self._http.timeout
+                )
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise EvolutionTimeout(
                 f"Evolution API did not answer {method} {path} in time ({type(exc).__name__})",
                 method=method,
@@ -266,7 +273,7 @@ def _decode(response: httpx.Response) -> Any:
         return _EMPTY
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         return _NOT_JSON
 
 

@@ -205,7 +205,10 @@ def _parse_date_time(value: Any) -> datetime | None:
     if parsed.tzinfo is not None:
         # "Z" is Evolution's usual (false) label and leaves the wall time as it is; a real
         # offset is honoured.
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # year 1 or 9999 pushed past the calendar's edge
+            return None
     return parsed
 
 

@@ -49,5 +49,7 @@ def _valid_jwt(token: str, secret: str) -> bool:
         )
     except jwt.InvalidTokenError:
         return False
-    lifetime = claims["exp"] - claims["iat"]
-    return isinstance(lifetime, int | float) and 0 < lifetime <= JWT_MAX_LIFETIME_SECONDS
+    issued, expires = claims["iat"], claims["exp"]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (issued, expires)):
+        return False
+    return bool(0 < expires - issued <= JWT_MAX_LIFETIME_SECONDS)

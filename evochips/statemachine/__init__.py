@@ -9,6 +9,7 @@ from evochips.statemachine.machine import (
     Trigger,
     allowed_triggers,
     decide,
+    lifecycle_triggers_from,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "Trigger",
     "allowed_triggers",
     "decide",
+    "lifecycle_triggers_from",
 ]

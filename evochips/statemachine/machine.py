@@ -173,3 +173,8 @@ def decide(
 def allowed_triggers(status: ChipStatus) -> list[str]:
     """Triggers the table allows from ``status``, in table order."""
     return [t.value for t in Trigger if (t, status) in _CONNECTION_AFTER]
+
+
+def lifecycle_triggers_from(status: ChipStatus) -> list[str]:
+    """The lifecycle triggers a backend may issue for a chip in ``status``."""
+    return [t.value for t in LIFECYCLE_TRIGGERS if (t, status) in _CONNECTION_AFTER]
