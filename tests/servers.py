@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -15,7 +16,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from tests.conftest import ROOT
+# Commands run outside the checkout, so a developer's .evochips.env cannot leak into them.
+NEUTRAL_DIR = tempfile.mkdtemp(prefix="evochips-cli-")
 
 
 def free_port() -> int:
@@ -29,7 +31,7 @@ def evochips(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[
     """Run the ``evochips`` command and return what it printed."""
     return subprocess.run(
         [sys.executable, "-m", "evochips", *args],
-        cwd=ROOT,
+        cwd=NEUTRAL_DIR,
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -42,7 +44,7 @@ def serving_evochips(port: int, env: Mapping[str, str]) -> Iterator[subprocess.P
     """``evochips serve`` in a child process, stopped on exit."""
     process = subprocess.Popen(
         [sys.executable, "-m", "evochips", "serve", "--port", str(port)],
-        cwd=ROOT,
+        cwd=NEUTRAL_DIR,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

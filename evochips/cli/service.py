@@ -1,0 +1,118 @@
+"""Running things: the receiver, the migrations, and the Evolution API sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from urllib.parse import urlsplit
+
+import click
+import uvicorn
+from sqlalchemy.exc import SQLAlchemyError
+
+from evochips import settings as settings_module
+from evochips.cli.output import configure_logging, or_exit
+from evochips.db import Database
+from evochips.sandbox.config import DEFAULT_GLOBAL_KEY, SandboxConfig
+
+logger = logging.getLogger("evochips.cli")
+
+SANDBOX_URL = "http://127.0.0.1:8080"
+SIMULATED = (
+    "WhatsApp is SIMULATED: Evolution API is the built-in sandbox at %s; no real number is "
+    "paired. Play the phone with POST %s/_sandbox/instances/<name>/scan (or drop, logout, "
+    "ban, qr-limit)."
+)
+
+
+@click.command(help="Run the webhook receiver (uvicorn).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    envvar="EVOCHIPS_SANDBOX",
+    help="Also run the Evolution API sandbox and point evochips at it (env EVOCHIPS_SANDBOX).",
+)
+def serve(host: str, port: int, sandbox: bool) -> None:
+    from evochips.receiver import create_app
+
+    if sandbox:
+        os.environ.setdefault("EVOLUTION_API_URL", SANDBOX_URL)
+        os.environ.setdefault("EVOLUTION_API_KEY", DEFAULT_GLOBAL_KEY)
+    local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    os.environ.setdefault("EVOCHIPS_PUBLIC_URL", f"http://{local}:{port}")
+    settings = or_exit(settings_module.load)
+    configure_logging()
+    db = Database(settings.database_url)
+    app = create_app(db, settings.webhook_secret, on_shutdown=db.dispose)
+    logger.info(
+        "evochips receiving Evolution webhooks at %s; Evolution API at %s",
+        settings.webhook_url,
+        settings.evolution_api_url,
+    )
+    # uvicorn's access log would print the secret of /webhooks/evolution/k/<secret>;
+    # the receiver logs one line per delivery itself.
+    servers = [uvicorn.Config(app, host=host, port=port, access_log=False)]
+    if sandbox:
+        servers.append(_sandbox_server(settings.evolution_api_url, settings.evolution_api_key))
+    asyncio.run(_serve_all(servers))
+
+
+@click.command(help="Run the Evolution API sandbox alone: WhatsApp simulated, for tests and demos.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--version", "version", type=click.Choice(["2", "1"]), default="2", show_default=True)
+@click.option("--key", default=DEFAULT_GLOBAL_KEY, show_default=True, help="Global API key.")
+@click.option("--time-scale", default=1.0, show_default=True, type=click.FloatRange(0.001, 100))
+@click.option("--global-webhook", default=None, help="URL of Evolution's global webhook.")
+def sandbox(
+    host: str, port: int, version: str, key: str, time_scale: float, global_webhook: str | None
+) -> None:
+    from evochips.sandbox import create_sandbox
+
+    configure_logging()
+    url = f"http://{host}:{port}"
+    config = SandboxConfig(
+        version=int(version),
+        global_key=key,
+        server_url=url,
+        time_scale=time_scale,
+        global_webhook_url=global_webhook,
+    )
+    logger.warning(SIMULATED, url, url)
+    uvicorn.run(create_sandbox(config), host=host, port=port, access_log=False)
+
+
+@click.command(help="Create or upgrade the database schema.")
+def migrate() -> None:
+    from evochips.db.migrate import upgrade
+
+    url = or_exit(settings_module.database_url)
+    configure_logging()
+    try:
+        upgrade(url)
+    except (OSError, SQLAlchemyError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise click.ClickException(f"could not migrate the database: {reason}") from exc
+    click.echo("database schema is up to date")
+
+
+def _sandbox_server(url: str, key: str) -> uvicorn.Config:
+    from evochips.sandbox import create_sandbox
+
+    parts = urlsplit(url)
+    if parts.hostname not in ("127.0.0.1", "localhost") or parts.port is None:
+        raise click.ClickException(
+            f"--sandbox needs EVOLUTION_API_URL on this machine with a port, not {url}"
+        )
+    config = SandboxConfig(global_key=key, server_url=url)
+    logger.warning(SIMULATED, url, url)
+    return uvicorn.Config(create_sandbox(config), host=parts.hostname, port=parts.port,
+                          access_log=False)  # fmt: skip
+
+
+async def _serve_all(configs: list[uvicorn.Config]) -> None:
+    servers = [uvicorn.Server(config) for config in configs]
+    await asyncio.gather(*(server.serve() for server in servers))
