@@ -40,10 +40,13 @@ def evochips(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[
 
 
 @contextlib.contextmanager
-def serving_evochips(port: int, env: Mapping[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """``evochips serve`` in a child process, stopped on exit."""
+def serving_evochips(
+    port: int, env: Mapping[str, str], *args: str, ready: str = "/healthz"
+) -> Iterator[subprocess.Popen[str]]:
+    """``evochips serve`` (or ``evochips <args>``) in a child process, stopped on exit."""
+    command = args or ("serve", "--port", str(port))
     process = subprocess.Popen(
-        [sys.executable, "-m", "evochips", "serve", "--port", str(port)],
+        [sys.executable, "-m", "evochips", *command],
         cwd=NEUTRAL_DIR,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
@@ -51,11 +54,15 @@ def serving_evochips(port: int, env: Mapping[str, str]) -> Iterator[subprocess.P
         text=True,
     )
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", process)
+        wait_until_up(f"http://127.0.0.1:{port}{ready}", process)
         yield process
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ CASES = [
      ("pending", "connecting")),
     ("v2-webhook-qrcode-updated-pairing-code", ("pending", "close"), "applied",
      ("pending", "connecting")),
-    ("v2-webhook-status-instance-closed", ("warming", "open"), "ignored", ("warming", "open")),
+    ("v2-webhook-status-instance-closed", ("warming", "open"), "applied", ("pending", "close")),
     ("v2-webhook-instance-create", ("pending", "close"), "ignored", ("pending", "close")),
     ("v2-webhook-instance-delete", ("pending", "close"), "ignored", ("pending", "close")),
     ("v1-webhook-connection-update-connecting", ("pending", "close"), "applied",

@@ -19,6 +19,9 @@ from evochips.sandbox.config import DEFAULT_GLOBAL_KEY, SandboxConfig
 logger = logging.getLogger("evochips.cli")
 
 SANDBOX_URL = "http://127.0.0.1:8080"
+# On shutdown, requests still running after this long are cancelled (a hung Evolution
+# call, or the sandbox's own "hang" fault, must not keep the process alive).
+SHUTDOWN_GRACE_SECONDS = 5
 SIMULATED = (
     "WhatsApp is SIMULATED: Evolution API is the built-in sandbox at %s; no real number is "
     "paired. Play the phone with POST %s/_sandbox/instances/<name>/scan (or drop, logout, "
@@ -54,7 +57,15 @@ def serve(host: str, port: int, sandbox: bool) -> None:
     )
     # uvicorn's access log would print the secret of /webhooks/evolution/k/<secret>;
     # the receiver logs one line per delivery itself.
-    servers = [uvicorn.Config(app, host=host, port=port, access_log=False)]
+    servers = [
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            access_log=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        )
+    ]
     if sandbox:
         servers.append(_sandbox_server(settings.evolution_api_url, settings.evolution_api_key))
     asyncio.run(_serve_all(servers))
@@ -82,7 +93,13 @@ def sandbox(
         global_webhook_url=global_webhook,
     )
     logger.warning(SIMULATED, url, url)
-    uvicorn.run(create_sandbox(config), host=host, port=port, access_log=False)
+    uvicorn.run(
+        create_sandbox(config),
+        host=host,
+        port=port,
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
 
 
 @click.command(help="Create or upgrade the database schema.")
@@ -109,8 +126,13 @@ def _sandbox_server(url: str, key: str) -> uvicorn.Config:
         )
     config = SandboxConfig(global_key=key, server_url=url)
     logger.warning(SIMULATED, url, url)
-    return uvicorn.Config(create_sandbox(config), host=parts.hostname, port=parts.port,
-                          access_log=False)  # fmt: skip
+    return uvicorn.Config(
+        create_sandbox(config),
+        host=parts.hostname,
+        port=parts.port,
+        access_log=False,
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+    )
 
 
 async def _serve_all(configs: list[uvicorn.Config]) -> None:

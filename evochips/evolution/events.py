@@ -19,7 +19,7 @@ from typing import Any
 from evochips.statemachine import Trigger
 
 HANDLED_EVENTS = frozenset(
-    {"CONNECTION_UPDATE", "QRCODE_UPDATED", "LOGOUT_INSTANCE", "REMOVE_INSTANCE"}
+    {"CONNECTION_UPDATE", "QRCODE_UPDATED", "LOGOUT_INSTANCE", "REMOVE_INSTANCE", "STATUS_INSTANCE"}
 )
 REDACTED = "[redacted]"
 MAX_EVENT_LENGTH = 64
@@ -143,7 +143,22 @@ def _signal(event: str, data: Any) -> tuple[Signal | None, str | None]:
         return None, "the event has no data object"
     if event == "QRCODE_UPDATED":
         return _qr_signal(data)
+    if event == "STATUS_INSTANCE":
+        return _status_signal(data)
     return _connection_signal(data)
+
+
+def _status_signal(data: dict[str, Any]) -> tuple[Signal | None, str | None]:
+    """v2 sends ``status.instance`` first when a session ends for good; its reason code
+    tells a ban (403) from a logout, which the ``logout.instance`` after it cannot."""
+    reason = _int(data.get("disconnectionReasonCode"))
+    if data.get("status") != "closed" or reason is None:
+        return None, "the status event reports no closed session"
+    if reason == _BANNED_REASON:
+        return Signal(Trigger.BANNED, status_reason=reason), None
+    if reason in _LOGGED_OUT_REASONS:
+        return Signal(Trigger.LOGGED_OUT, status_reason=reason), None
+    return None, "the status event reports a close Evolution recovers from"
 
 
 def _qr_signal(data: dict[str, Any]) -> tuple[Signal | None, str | None]:
