@@ -14,6 +14,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from starlette.applications import Starlette
@@ -49,6 +50,36 @@ def error(status: int, message: Any, reason: str | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+def route_name(request: Request) -> str | None:
+    """The ``{name}`` of an instance route as Express reads it: routed on the raw path, so
+    ``bad%2Fname`` names the instance "bad/name" while a literal slash, or an empty name,
+    matches no route at all. Every instance route is ``/<a>/<b>/{name}``."""
+    raw = request.scope.get("raw_path")
+    if raw is None:  # an ASGI server that does not give it: trust the decoded path
+        name: str = request.path_params["name"]
+        return name if name and "/" not in name else None
+    segments = raw.decode("utf-8", "replace").split("?", 1)[0].split("/")
+    if len(segments) != 4 or not segments[3]:
+        return None
+    return unquote(segments[3])
+
+
+# Prisma's names for the JSON types it rejects where a String is expected.
+PRISMA_TYPES = {bool: "Boolean", int: "Int", float: "Float", list: "List", dict: "Object"}
+
+
+def prisma_rejects(name: Any) -> str:
+    """The 500 Evolution 2.3.6 gives for a non-string ``instanceName`` (live capture 19),
+    without the minified server source the real message quotes in its middle."""
+    kind = PRISMA_TYPES.get(type(name), "Null")
+    return (
+        "PrismaClientValidationError: \nInvalid `this.prismaRepository.integrationSession"
+        ".findFirst()` invocation in\ndist/main.js:315:83439\n\n  (minified source)\n\n"
+        f"Argument `name`: Invalid value provided. Expected StringFilter or String, provided "
+        f"{kind}."
+    )
+
+
 def create_sandbox(
     config: SandboxConfig | None = None, http: httpx.AsyncClient | None = None
 ) -> Starlette:
@@ -60,7 +91,9 @@ def create_sandbox(
 
     def instance_route(handler: Callable[[Request, Instance], Awaitable[Response]]) -> Handler:
         async def guarded(request: Request) -> Response:
-            name = request.path_params["name"]
+            name = route_name(request)
+            if name is None:
+                return await unknown_route(request)
             instance = world.instances.get(name)
             if instance is None:
                 return error(404, [f'The "{name}" instance does not exist'])
@@ -119,8 +152,7 @@ def create_sandbox(
         if request.headers.get("apikey") != config.global_key:
             return error(401, "Unauthorized")
         if not isinstance(name, str):
-            return error(500, ["PrismaClientValidationError: Invalid `instanceName`: expected "
-                               f"String, provided {type(name).__name__}."])  # fmt: skip
+            return error(500, [prisma_rejects(name)])
         integration = body.get("integration", "WHATSAPP-BAILEYS" if v1 else None)
         if integration not in INTEGRATIONS:
             return error(400, ["Invalid integration"])
@@ -148,7 +180,9 @@ def create_sandbox(
         if instance.state == "open":
             return JSONResponse(state(instance))
         if instance.state == "close":
-            world.start_socket(instance)
+            # Evolution merges the query into the route's params: ?number= asks for a
+            # pairing code for this session (the instance's stored number is unchanged).
+            world.start_socket(instance, digits(request.query_params.get("number")))
             await asyncio.sleep(config.seconds(5.0 if v1 else 2.0))
         return JSONResponse(instance.qr.answer())
 
@@ -171,7 +205,7 @@ def create_sandbox(
         if instance.state == "close":
             return error(400, [f'The "{instance.name}" instance is not connected'])
         # Evolution answers before the logout happens; its webhooks follow.
-        asyncio.get_running_loop().call_soon(world.close_for_good, instance, 401)
+        asyncio.get_running_loop().call_soon(world.logout, instance)
         return JSONResponse({"status": "SUCCESS", "error": False,
                              "response": {"message": "Instance logged out"}})  # fmt: skip
 
@@ -181,7 +215,7 @@ def create_sandbox(
         connected = instance.state in ("open", "connecting")
         world.remove(instance)
         if connected:  # the logout Evolution starts is not awaited and lands after removal
-            asyncio.get_running_loop().call_soon(world.close_for_good, instance, 401)
+            asyncio.get_running_loop().call_soon(world.logout, instance)
         return JSONResponse({"status": "SUCCESS", "error": False,
                              "response": {"message": "Instance deleted"}})  # fmt: skip
 
@@ -198,7 +232,7 @@ def create_sandbox(
             if not chosen:
                 return error(404, [f'Instance "{name}" not found'])
         if v1:
-            items = [{"instance": fetched_v1(i)} for i in chosen]
+            items = [{"instance": fetched_v1(i, config)} for i in chosen]
             single = name is not None and key == config.global_key
             return JSONResponse(items[0] if single else items)
         return JSONResponse([fetched_v2(i) for i in chosen])
@@ -295,18 +329,20 @@ def create_sandbox(
         routes=[
             Route("/", root, methods=["GET"]),
             Route("/instance/create", with_faults(create), methods=["POST"]),
-            Route("/instance/connect/{name}", instance_route(connect), methods=["GET"]),
+            Route("/instance/connect/{name:path}", instance_route(connect), methods=["GET"]),
             Route(
-                "/instance/connectionState/{name}",
+                "/instance/connectionState/{name:path}",
                 instance_route(connection_state),
                 methods=["GET"],
             ),
-            Route("/instance/restart/{name}", instance_route(restart), methods=[restart_method]),
-            Route("/instance/logout/{name}", instance_route(logout), methods=["DELETE"]),
-            Route("/instance/delete/{name}", instance_route(delete), methods=["DELETE"]),
+            Route(
+                "/instance/restart/{name:path}", instance_route(restart), methods=[restart_method]
+            ),
+            Route("/instance/logout/{name:path}", instance_route(logout), methods=["DELETE"]),
+            Route("/instance/delete/{name:path}", instance_route(delete), methods=["DELETE"]),
             Route("/instance/fetchInstances", with_faults(fetch_instances), methods=["GET"]),
-            Route("/webhook/set/{name}", instance_route(set_webhook), methods=["POST"]),
-            Route("/webhook/find/{name}", instance_route(find_webhook), methods=["GET"]),
+            Route("/webhook/set/{name:path}", instance_route(set_webhook), methods=["POST"]),
+            Route("/webhook/find/{name:path}", instance_route(find_webhook), methods=["GET"]),
             Route("/_sandbox/instances", list_instances, methods=["GET"]),
             Route("/_sandbox/instances/{name}/scan", control(scan), methods=["POST"]),
             Route("/_sandbox/instances/{name}/drop", control(drop), methods=["POST"]),

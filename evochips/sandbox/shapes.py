@@ -4,7 +4,9 @@ webhook settings it is given (reference sections 2.2, 2.8 and 2.9)."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
+from evochips.sandbox.config import SandboxConfig
 from evochips.sandbox.delivery import Webhook
 from evochips.sandbox.world import Instance
 
@@ -177,7 +179,8 @@ def fetched_v2(instance: Instance) -> dict[str, Any]:
         "integration": instance.integration, "number": instance.number, "businessId": None,
         "token": instance.token, "clientName": "evolution_exchange",
         "disconnectionReasonCode": instance.disconnection_code,
-        "disconnectionObject": None, "disconnectionAt": instance.disconnection_at,
+        "disconnectionObject": instance.disconnection_object,
+        "disconnectionAt": instance.disconnection_at,
         "createdAt": instance.created_at, "updatedAt": instance.updated_at,
         "Chatwoot": None, "Proxy": None, "Rabbitmq": None, "Nats": None, "Sqs": None,
         "Websocket": None,
@@ -188,12 +191,21 @@ def fetched_v2(instance: Instance) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def fetched_v1(instance: Instance) -> dict[str, Any]:
+def fetched_v1(instance: Instance, config: SandboxConfig) -> dict[str, Any]:
     shown: dict[str, Any] = {"instanceName": instance.name, "instanceId": instance.instance_id}
     if instance.state == "open":
         shown |= {"owner": instance.wuid, "profileName": instance.profile_name,
                   "profilePictureUrl": None, "profileStatus": ""}  # fmt: skip
-    return shown | {"status": instance.state}
+    shown["status"] = instance.state
+    if config.expose_tokens:  # EXPOSE_IN_FETCH_INSTANCES adds where and how to reach it
+        integration: dict[str, Any] = {"integration": instance.integration}
+        if instance.number is not None:  # JSON drops it when undefined
+            integration["number"] = instance.number
+        wa_business = f"{config.server_url}/webhook/whatsapp/{quote(instance.name, safe='')}"
+        integration |= {"token": instance.token, "webhook_wa_business": wa_business}
+        shown |= {"serverUrl": config.server_url, "apikey": instance.token,
+                  "integration": integration}  # fmt: skip
+    return shown
 
 
 def control_view(instance: Instance) -> dict[str, Any]:

@@ -8,8 +8,10 @@ import asyncio
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from evochips.sandbox import qr
@@ -18,7 +20,12 @@ from evochips.sandbox.delivery import Deliverer, Sender, Webhook
 
 # Close codes after which Evolution does not reconnect by itself (v2; v1 only on 401).
 TERMINAL = frozenset({401, 402, 403, 406})
+# Boom's ``payload.error``: the HTTP reason phrase of the close code.
+BOOM_ERRORS = {401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+               406: "Not Acceptable"}  # fmt: skip
 FIRST_QR_SECONDS = 1.0
+# Between the events of one socket episode (pairing's restart, a reconnect).
+STEP_SECONDS = 0.3
 
 
 @dataclass
@@ -48,6 +55,8 @@ class Instance:
     token: str
     integration: str = "WHATSAPP-BAILEYS"
     number: str | None = None
+    # The number this socket asks a pairing code for: ``number``, or connect's ?number=.
+    pairing_number: str | None = None
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     state: str = "close"
     qr: QrState = field(default_factory=QrState)
@@ -57,9 +66,11 @@ class Instance:
     opened: bool = False
     disconnection_code: int | None = None
     disconnection_at: str | None = None
+    disconnection_object: str | None = None  # Baileys' lastDisconnect, as a JSON string
     created_at: str = field(default_factory=lambda: _utc_iso())
     updated_at: str = field(default_factory=lambda: _utc_iso())
     qr_task: asyncio.Task[None] | None = None
+    episode: asyncio.Task[None] | None = None  # the steps of _play still to come
 
 
 class World:
@@ -67,12 +78,14 @@ class World:
         self.config = config
         self.deliverer = deliverer
         self.instances: dict[str, Instance] = {}
+        self._episodes: set[asyncio.Task[None]] = set()
 
     # -- the socket ------------------------------------------------------------------------
 
-    def start_socket(self, instance: Instance) -> None:
+    def start_socket(self, instance: Instance, pairing_number: str | None = None) -> None:
         """A socket starts: ``connecting`` at once, then QR codes until scanned or refused."""
         self._stop_qr(instance)
+        instance.pairing_number = pairing_number or instance.number
         instance.state = "connecting"
         self.connection(instance, "connecting", 200)
         if not self.config.offline:
@@ -93,7 +106,7 @@ class World:
             count=instance.qr.count + 1,
             code=code,
             base64=qr.png_data_uri(code),
-            pairing_code=qr.pairing_code() if instance.number else None,
+            pairing_code=qr.pairing_code() if instance.pairing_number else None,
         )
         self.emit(instance, "QRCODE_UPDATED", {"qrcode": {
             "instance": instance.name,
@@ -116,38 +129,43 @@ class World:
     def scan(self, instance: Instance) -> None:
         """The QR is scanned: WhatsApp restarts the socket (515), then it opens."""
         self._stop_qr(instance)
-        if self.config.version == 1:
-            self.connection(instance, "close", 515)
-        self.connection(instance, "connecting", 200)
         digits = instance.number or "55119" + str(uuid.uuid4().int)[:8]
         instance.wuid = f"{digits}@s.whatsapp.net"
         instance.profile_name = f"Sandbox {instance.name}"
-        self._open(instance)
+        if self.config.version == 1:
+            self._play(instance, partial(self._closed, code=515), self._connecting, self._open)
+        else:
+            self._play(instance, self._connecting, self._open)
 
     def restart(self, instance: Instance) -> None:
         """v2's restart ends the socket with a plain error, so it reconnects silently: a
         paired number comes back open, an unpaired one shows QR codes again."""
         if instance.state == "open":
-            self.connection(instance, "connecting", 200)
-            self._open(instance)
+            self._play(instance, self._connecting, self._open)
         else:
             self.start_socket(instance)
 
     def drop(self, instance: Instance, code: int = 408) -> None:
         """The connection drops and comes back by itself; v2 reports no close for it."""
         if self.config.version == 1:
-            self.connection(instance, "close", code)
-        self.connection(instance, "connecting", 200)
-        self._open(instance)
+            self._play(instance, partial(self._closed, code=code), self._connecting, self._open)
+        else:
+            self._play(instance, self._connecting, self._open)
 
-    def close_for_good(self, instance: Instance, code: int) -> None:
+    def logout(self, instance: Instance) -> None:
+        """The API's logout: Baileys ends the socket with Boom 401 "Log out instance: x"."""
+        self.close_for_good(instance, 401, f"Log out instance: {instance.name}")
+
+    def close_for_good(
+        self, instance: Instance, code: int, message: str = "Connection Failure"
+    ) -> None:
         """A close Evolution does not reconnect from: logged out (401) or banned (403).
 
         v2 sends status.instance, logout.instance and connection.update close; v1 only the
         close, and keeps reconnecting after anything but 401."""
         self._stop_qr(instance)
         instance.disconnection_code = code
-        instance.disconnection_at = _utc_iso()
+        instance.disconnection_at = instance.updated_at = _utc_iso()
         if self.config.version == 1:
             self.connection(instance, "close", code)
             if code != 401:
@@ -156,21 +174,24 @@ class World:
             instance.state = "close"
             return
         instance.state = "close"
+        payload = {"statusCode": code, "error": BOOM_ERRORS.get(code, "Error"), "message": message}
         lost = {
             "error": {
                 "data": None,
                 "isBoom": True,
                 "isServer": code >= 500,
-                "output": {"statusCode": code},
+                "output": {"statusCode": code, "payload": payload, "headers": {}},
             },
             "date": instance.disconnection_at,
         }
+        # fetchInstances shows the same string as status.instance (live capture 55).
+        instance.disconnection_object = json.dumps(lost, separators=(",", ":"))
         self.emit(instance, "STATUS_INSTANCE", {
             "instance": instance.name,
             "status": "closed",
             "disconnectionAt": instance.disconnection_at,
             "disconnectionReasonCode": code,
-            "disconnectionObject": json.dumps(lost),
+            "disconnectionObject": instance.disconnection_object,
         })  # fmt: skip
         self.emit(instance, "LOGOUT_INSTANCE", None)
         self.connection(instance, "close", code)
@@ -207,14 +228,42 @@ class World:
         instance.opened = True
         self.connection(instance, "open", 200)
 
+    def _connecting(self, instance: Instance) -> None:
+        instance.state = "connecting"
+        self.connection(instance, "connecting", 200)
+
+    def _closed(self, instance: Instance, code: int) -> None:
+        instance.state = "close"
+        self.connection(instance, "close", code)
+
+    def _play(self, instance: Instance, *steps: Callable[[Instance], None]) -> None:
+        """Run the steps of one socket episode a moment apart, as a real socket takes
+        time between them; the first happens now."""
+        steps[0](instance)
+
+        async def rest() -> None:
+            for step in steps[1:]:
+                await asyncio.sleep(self.config.seconds(STEP_SECONDS))
+                step(instance)
+
+        task = asyncio.create_task(rest())
+        instance.episode = task
+        self._episodes.add(task)
+        task.add_done_callback(self._episodes.discard)
+
     def _stop_qr(self, instance: Instance) -> None:
-        task, instance.qr_task = instance.qr_task, None
-        if task is not None and task is not _current_task():
-            task.cancel()
+        """The socket ends: its QR loop stops, and so do the steps of an episode still to
+        come (a logout during pairing must not be followed by the pairing's ``open``)."""
+        for task in (instance.qr_task, instance.episode):
+            if task is not None and task is not _current_task():
+                task.cancel()
+        instance.qr_task = instance.episode = None
 
     async def aclose(self) -> None:
         for instance in self.instances.values():
             self._stop_qr(instance)
+        for episode in list(self._episodes):
+            episode.cancel()
         await self.deliverer.aclose()
 
 
