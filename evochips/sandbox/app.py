@@ -85,8 +85,8 @@ def create_sandbox(
 ) -> Starlette:
     """The sandbox app; ``http`` is the client its webhook deliveries go through."""
     config = config or SandboxConfig()
-    world = World(config, Deliverer(config, http))
     faults = Faults()
+    world = World(config, Deliverer(config, faults, http))
     v1 = config.version == 1
 
     def instance_route(handler: Callable[[Request, Instance], Awaitable[Response]]) -> Handler:
@@ -296,21 +296,16 @@ def create_sandbox(
 
     async def set_faults(request: Request) -> Response:
         if request.method == "DELETE":
-            faults.__init__()  # type: ignore[misc]
-            world.deliverer.duplicates = 0
-        else:
-            try:
-                changes = json.loads(await request.body())
-                if not isinstance(changes, dict):
-                    raise ValueError("faults must be a JSON object")
-                duplicates = changes.pop("duplicate_deliveries", world.deliverer.duplicates)
-                if not isinstance(duplicates, int) or duplicates < 0:
-                    raise ValueError("duplicate_deliveries must be a non-negative integer")
-                faults.update(changes)
-            except ValueError as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            world.deliverer.duplicates = duplicates
-        return JSONResponse({**faults.__dict__, "duplicate_deliveries": world.deliverer.duplicates})
+            faults.clear()
+            return JSONResponse(faults.__dict__)
+        try:
+            changes = json.loads(await request.body())
+            if not isinstance(changes, dict):
+                raise ValueError("faults must be a JSON object")
+            faults.update(changes)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(faults.__dict__)
 
     async def deliveries(request: Request) -> Response:
         return JSONResponse([

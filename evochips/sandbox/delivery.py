@@ -23,6 +23,7 @@ import httpx
 import jwt
 
 from evochips.sandbox.config import SandboxConfig
+from evochips.sandbox.faults import Faults
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +100,14 @@ class Sender:
 
 
 class Deliverer:
-    def __init__(self, config: SandboxConfig, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, config: SandboxConfig, faults: Faults, client: httpx.AsyncClient | None = None
+    ) -> None:
         self._config = config
+        self._faults = faults
         self._client = client or httpx.AsyncClient()
         self._tasks: set[asyncio.Task[None]] = set()
         self.deliveries: list[Delivery] = []
-        self.duplicates = 0
 
     def emit(self, sender: Sender, config_name: str, data: Any) -> None:
         """Send one event to every webhook that wants it, in the background."""
@@ -169,7 +172,7 @@ class Deliverer:
             now = int(time.time())
             claims = {"iat": now, "exp": now + 600, "app": "evolution", "action": "webhook"}
             headers["Authorization"] = f"Bearer {jwt.encode(claims, jwt_key, algorithm='HS256')}"
-        copies = 1 + self.duplicates
+        copies = 1 + self._faults.duplicate_deliveries
         for _ in range(copies):
             delivery = Delivery(url, body["event"], instance, body, headers)
             self.deliveries.append(delivery)
@@ -182,6 +185,8 @@ class Deliverer:
         content = json.dumps(delivery.body).encode()
         headers = {"content-type": "application/json", **delivery.headers}
         timeout = self._config.seconds(REQUEST_TIMEOUT_SECONDS)
+        if self._faults.delivery_jitter_ms:
+            await asyncio.sleep(random.uniform(0, self._faults.delivery_jitter_ms) / 1000)
         for attempt in range(1, attempts + 1):
             try:
                 response = await self._client.post(

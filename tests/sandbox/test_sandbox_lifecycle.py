@@ -45,6 +45,16 @@ class Loop:
         response = await self.phone.post(f"/_sandbox/instances/{name}/{action}")
         assert response.status_code == 200, response.text
 
+    async def nothing_lost(self) -> None:
+        """Every webhook the sandbox sent was finally accepted by the receiver."""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            sent = (await self.phone.get("/_sandbox/deliveries")).json()
+            if sent and all(d["delivered"] for d in sent):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"undelivered webhooks: {[d for d in sent if not d['delivered']]}")
+
     async def settled(self, name: str, state: str, seconds: float = 15) -> None:
         """Wait until the sandbox's instance is in ``state`` (an episode has played out)."""
         deadline = time.monotonic() + seconds
@@ -178,11 +188,29 @@ async def test_duplicated_deliveries_have_one_effect(loop_v2: Loop) -> None:
 
     chip = await loop_v2.until("loja-03", _state("warming", "open"))
 
-    await asyncio.sleep(0.5)  # let every copy land
+    await loop_v2.nothing_lost()
     assert created["sucesso"] is True
     assert [s for s in await steps(loop_v2.db, "loja-03") if "connected" in s] == [
         "connected:pending->warming"
     ]
+    await assert_history_consistent(loop_v2.db, chip.id)
+
+
+async def test_webhooks_out_of_order_end_in_the_right_state(loop_v2: Loop) -> None:
+    # Deliveries wait up to 400 ms each, so later events often overtake earlier ones.
+    await loop_v2.phone.post("/_sandbox/faults", json={"delivery_jitter_ms": 400})
+    created = await loop_v2.manager.criar_instancia("loja-06", "5511900000006")
+    await loop_v2.until("loja-06", _has_qr)
+    await loop_v2.play("loja-06", "scan")
+    await loop_v2.settled("loja-06", "open")
+    await loop_v2.play("loja-06", "drop")
+    await loop_v2.settled("loja-06", "open")
+
+    await loop_v2.nothing_lost()
+
+    chip = await chip_named(loop_v2.db, "loja-06")
+    assert created["sucesso"] is True
+    assert (chip.status, chip.connection_state) == ("warming", "open")
     await assert_history_consistent(loop_v2.db, chip.id)
 
 
@@ -208,6 +236,7 @@ async def test_evolution_failing_while_commands_run(
     again = await loop_v2.manager.desconectar_instancia("loja-04", created["chip_id"])
     assert again["sucesso"] is True  # the fault is over; nothing was lost or half-done
     await loop_v2.until("loja-04", _state("pending", "close"))
+    await loop_v2.nothing_lost()
 
 
 async def test_evolution_hanging_ends_in_a_clear_failure(
