@@ -124,16 +124,21 @@ def create_sandbox(
     # -- Evolution's routes --------------------------------------------------------------------
 
     async def root(request: Request) -> Response:
-        manager = f"{config.server_url}/manager"
+        """``GET /``: the welcome clients read the version from (live capture 01)."""
+        welcome: dict[str, Any] = {
+            "status": 200,
+            "message": "Welcome to the Evolution API, it is working!",
+            "version": "1.8.2" if v1 else "2.3.6",
+        }
         if v1:
-            return JSONResponse({"status": 200, "message": "Welcome to the Evolution API, it is "
-                                 "working!", "version": "1.8.2", "swagger": f"{config.server_url}"
-                                 "/docs", "manager": manager,
-                                 "documentation": "https://doc.evolution-api.com"})  # fmt: skip
-        return JSONResponse({"status": 200, "message": "Welcome to the Evolution API, it is "
-                             "working!", "version": "2.3.6", "clientName": "evolution_exchange",
-                             "manager": manager, "documentation": "https://doc.evolution-api.com",
-                             "whatsappWebVersion": "2.3000.1027934701"})  # fmt: skip
+            welcome["swagger"] = f"{config.server_url}/docs"
+        else:
+            welcome["clientName"] = "evolution_exchange"
+        welcome["manager"] = f"{config.server_url}/manager"
+        welcome["documentation"] = "https://doc.evolution-api.com"
+        if not v1:
+            welcome["whatsappWebVersion"] = "2.3000.1027934701"
+        return JSONResponse(welcome)
 
     async def create(request: Request) -> Response:
         raw = await request.body()
