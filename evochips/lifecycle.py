@@ -148,9 +148,7 @@ async def fire(
 ) -> Applied:
     """Apply ``trigger`` to a chip by id; raises ChipNotFound or InvalidTransition."""
     async with db.write() as session:
-        chip = await _lock(session, Chip.id == chip_id)
-        if chip is None:
-            raise ChipNotFound(f"no chip with id {chip_id}")
+        chip = await _locked(session, chip_id)
         decision = decide(
             chip.instance_name,
             trigger,
@@ -159,6 +157,31 @@ async def fire(
         )
         chip = await _apply(session, chip, decision, source, facts or Facts(), None, changes)
         return Applied(chip, decision)
+
+
+async def offer_qr(db: Database, chip_id: str, qr: QrImage, source: Source) -> bool:
+    """Store a QR that a command's answer carried, unless the chip has opened since:
+    a webhook may have reported the scan while the command was waiting for its answer.
+    Returns whether the QR was stored."""
+    async with db.write() as session:
+        chip = await _locked(session, chip_id)
+        if chip.connection_state == ConnectionState.OPEN:
+            return False
+        decision = decide(
+            chip.instance_name,
+            Trigger.QR_UPDATED,
+            ChipStatus(chip.status),
+            ConnectionState(chip.connection_state),
+        )
+        await _apply(session, chip, decision, source, Facts(qr=qr), None)
+        return True
+
+
+async def _locked(session: AsyncSession, chip_id: str) -> Chip:
+    chip = await _lock(session, Chip.id == chip_id)
+    if chip is None:
+        raise ChipNotFound(f"no chip with id {chip_id}")
+    return chip
 
 
 async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:

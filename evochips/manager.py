@@ -65,7 +65,8 @@ class _Unconfirmed(EvolutionUnavailable):
     def __init__(self, chip: Chip, cause: EvolutionError) -> None:
         super().__init__(
             f"{cause}; instance {chip.instance_name!r} may exist in Evolution, so chip "
-            f"{chip.id} stays pending: call criar_instancia again to finish, or delete it"
+            f"{chip.id} stays pending: create it again with the same name and phone to "
+            "finish, or delete it"
         )
         self.fields = {"chip_id": chip.id, "instance_name": chip.instance_name}
 
@@ -257,7 +258,7 @@ class InstanceManager:
 
     async def _store_qr(self, chip: Chip, qr: QrCode, source: Source) -> None:
         image = QrImage(base64=qr.base64, code=qr.code, pairing_code=qr.pairing_code)
-        await lifecycle.fire(self._db, chip.id, Trigger.QR_UPDATED, source, Facts(qr=image))
+        await lifecycle.offer_qr(self._db, chip.id, image, source)
 
     async def _delete(self, chip: Chip) -> DeleteOutcome:
         name = chip.instance_name

@@ -442,3 +442,37 @@ async def test_v1_delete_of_a_connected_instance_logs_out_first(
     assert (await steps(db, "chip-0001"))[-2:] == [
         "logged_out:active->pending", "removed:pending->deleted",
     ]  # fmt: skip
+
+
+async def test_a_qr_in_create_answer_does_not_undo_a_scan_reported_meanwhile(
+    db: Database, receiver: httpx.AsyncClient, evolution: FakeEvolution
+) -> None:
+    """The phone scanned while Evolution was still sleeping on the create request."""
+    opened = load_json(SAMPLES / "v2-webhook-connection-update-open.json")
+
+    class ScannedDuringCreate(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            answer = evolution.handle(request)  # carries a QR
+            if request.url.path == "/instance/create":
+                await receiver.post("/webhooks/evolution", json=opened)
+            return answer
+
+    client = EvolutionClient("http://evolution.test", GLOBAL_KEY, transport=ScannedDuringCreate())
+    result = await InstanceManager(db, client, HOOK).criar_instancia("chip-0001", "5511900000001")
+
+    assert result["sucesso"] is True and result["qr_code"] is not None
+    chip = await chip_named(db, "chip-0001")
+    assert (chip.status, chip.connection_state, chip.evolution_qr_code) == ("warming", "open", None)
+
+
+async def test_a_404_that_is_not_evolutions_does_not_count_as_deleted(db: Database) -> None:
+    def proxy_404(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text="<html>404 Not Found</html>")
+
+    chip = await given_chip(db, "chip-0001", "warming", "open")
+    manager = InstanceManager(db, evolution_with(proxy_404), HOOK)
+
+    result = await manager.deletar_instancia("chip-0001", chip.id)
+
+    assert result["sucesso"] is False and "404" in result["error"]
+    assert (await chip_named(db, "chip-0001")).status == "warming"

@@ -293,9 +293,10 @@ def _rejection(method: str, path: str, status: int, body: Any) -> EvolutionRejec
     kwargs: dict[str, Any] = {"status": status, "reason": reason, "method": method, "path": path}
     if status == 401:
         return EvolutionUnauthorized(message + " (check EVOLUTION_API_KEY)", **kwargs)
-    # An unknown route also answers 404 ("Cannot PUT /instance/restart/x"): that is a
-    # version mismatch, not a missing instance.
-    if status == 404 and not detail.startswith("Cannot "):
+    # A 404 is a missing instance only when Evolution says so: an unknown route also
+    # answers 404 ("Cannot PUT /instance/restart/x", a version mismatch), and so may a
+    # proxy in front of Evolution.
+    if status == 404 and ("does not exist" in detail or "not found" in detail):
         return InstanceNotFound(message, **kwargs)
     if status == 403 and path == "/instance/create":
         return InstanceNameInUse(message, **kwargs)

@@ -118,7 +118,12 @@ class InvalidTransition(Exception):
     """The table has no row for this trigger from the chip's current status."""
 
     def __init__(self, chip: str, trigger: Trigger, status: ChipStatus) -> None:
-        allowed = ", ".join(allowed_triggers(status)) or "none"
+        choices = (
+            lifecycle_triggers_from(status)
+            if trigger in LIFECYCLE_TRIGGERS
+            else allowed_triggers(status)
+        )
+        allowed = ", ".join(choices) or "none"
         super().__init__(
             f"chip {chip!r} cannot take trigger {trigger.value!r} from status "
             f"{status.value!r} (allowed: {allowed})"
