@@ -19,7 +19,8 @@ from urllib.parse import unquote
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as _StarletteJSON
+from starlette.responses import Response
 from starlette.routing import Route
 
 from evochips.sandbox.config import SandboxConfig
@@ -80,6 +81,23 @@ def prisma_rejects(name: Any) -> str:
     )
 
 
+class JSONResponse(_StarletteJSON):
+    """JSON as Express sends it; escaping non-ASCII keeps a lone surrogate in a name (which
+    JavaScript strings allow) from breaking the answer."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+async def read_json(request: Request) -> Any:
+    """The body as Express's JSON parser gives it; raises ValueError if it cannot."""
+    raw = await request.body()
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except RecursionError as exc:
+        raise ValueError("too deeply nested") from exc
+
+
 def create_sandbox(
     config: SandboxConfig | None = None, http: httpx.AsyncClient | None = None
 ) -> Starlette:
@@ -108,7 +126,10 @@ def create_sandbox(
             if faults.latency_ms:
                 await asyncio.sleep(faults.latency_ms / 1000)
             if faults.take("hang_times"):
-                await asyncio.sleep(3600)
+                # Hang until the client gives up, as a stuck server does.
+                while not await request.is_disconnected():
+                    await asyncio.sleep(0.1)
+                return Response(status_code=499)
             if faults.take("fail_times"):
                 status = faults.fail_status
                 return error(status, [f"Sandbox fault {status}"], REASONS.get(status, "Error"))
@@ -141,9 +162,8 @@ def create_sandbox(
         return JSONResponse(welcome)
 
     async def create(request: Request) -> Response:
-        raw = await request.body()
         try:
-            body = json.loads(raw) if raw.strip() else {}
+            body = await read_json(request)
         except ValueError:
             # Express's JSON parser fails before any guard runs, with this odd reason.
             return error(400, "Unexpected end of JSON input", "Internal Server Error")
@@ -236,6 +256,11 @@ def create_sandbox(
             chosen = [i for i in chosen if i.name == name]
             if not chosen:
                 return error(404, [f'Instance "{name}" not found'])
+        # The other filters of section 2.1; an empty match is an empty list.
+        instance_id = request.query_params.get("instanceId")
+        number = request.query_params.get("number")
+        chosen = [i for i in chosen if instance_id in (None, i.instance_id)]
+        chosen = [i for i in chosen if number is None or number in (i.number, digits(i.wuid))]
         if v1:
             items = [{"instance": fetched_v1(i, config)} for i in chosen]
             single = name is not None and key == config.global_key
@@ -244,7 +269,7 @@ def create_sandbox(
 
     async def set_webhook(request: Request, instance: Instance) -> Response:
         try:
-            body = json.loads(await request.body())
+            body = await read_json(request)
         except ValueError:
             return error(400, "Unexpected end of JSON input", "Internal Server Error")
         instance.webhook = webhook_from_set(body, v1)
@@ -272,7 +297,7 @@ def create_sandbox(
         return run
 
     def scan(instance: Instance) -> None:
-        if instance.state != "connecting" or instance.qr.code is None:
+        if instance.state != "connecting" or instance.qr.code is None or instance.scanned:
             raise Refusal(409, "there is no QR to scan: the instance is not showing one")
         world.scan(instance)
 
@@ -304,7 +329,7 @@ def create_sandbox(
             faults.clear()
             return JSONResponse(faults.__dict__)
         try:
-            changes = json.loads(await request.body())
+            changes = await read_json(request)
             if not isinstance(changes, dict):
                 raise ValueError("faults must be a JSON object")
             faults.update(changes)

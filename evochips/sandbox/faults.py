@@ -26,6 +26,9 @@ class Faults:
                 raise ValueError(f"unknown fault {key!r}")
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"fault {key!r} must be a non-negative integer")
+        status = changes.get("fail_status", self.fail_status)
+        if not 400 <= status <= 599:
+            raise ValueError("fail_status must be an HTTP error status, 400 to 599")
         for key, value in changes.items():
             setattr(self, key, value)
 

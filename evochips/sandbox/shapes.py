@@ -3,6 +3,7 @@ webhook settings it is given (reference sections 2.2, 2.8 and 2.9)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -69,43 +70,70 @@ def webhook_from_create(body: dict[str, Any], v1: bool) -> Webhook | None:
     events = hook.get("events")
     if not isinstance(events, list):
         raise Refusal(400, ["Cannot read properties of undefined (reading 'length')"])
-    headers = hook.get("headers")
     return Webhook(url=str(hook.get("url", "")), events=tuple(events or ALL_EVENTS_V2),
                    by_events=bool(hook.get("byEvents")), base64=bool(hook.get("base64")),
-                   headers=headers if isinstance(headers, dict) else None)  # fmt: skip
+                   headers=_header_values(hook.get("headers")))  # fmt: skip
 
 
 def webhook_from_set(body: Any, v1: bool) -> Webhook:
+    """The webhook a ``webhook/set`` body asks for, checked as Evolution's schema checks
+    it (reference section 2.9); raises Refusal with Evolution's answer."""
     if v1:
-        if not isinstance(body, dict) or not isinstance(body.get("url"), str):
-            raise Refusal(400, ['Invalid "url" property'])
-        enabled = body.get("enabled", True) is not False
-        events = body.get("events")
-        if enabled and not isinstance(events, list):
-            raise Refusal(500, "Cannot read properties of undefined (reading 'length')")
-        return Webhook(url=body["url"], enabled=enabled,
-                       events=tuple(events or _ALL_V1_EVENTS) if enabled else (),
-                       by_events=bool(body.get("webhook_by_events")),
-                       base64=bool(body.get("webhook_base64")))  # fmt: skip
+        return _webhook_from_set_v1(body)
     hook = body.get("webhook") if isinstance(body, dict) else None
     if not isinstance(hook, dict):
         raise Refusal(400, [['instance requires property "webhook"']])
     for required in ("enabled", "url"):
         if required not in hook:
             raise Refusal(400, [[f'webhook requires property "{required}"']])
-    enabled = hook["enabled"] is True
+    for key, kind, name in (
+        ("enabled", bool, "boolean"),
+        ("url", str, "string"),
+        ("byEvents", bool, "boolean"),
+        ("base64", bool, "boolean"),
+        ("headers", dict, "object"),
+        ("events", list, "array"),
+    ):
+        if key in hook and not isinstance(hook[key], kind):
+            raise Refusal(400, [[f"webhook.{key} is not of a type(s) {name}"]])
+    enabled = hook["enabled"]
     events = hook.get("events")
+    if enabled and events is None:
+        raise Refusal(500, "Cannot read properties of undefined (reading 'length')")
+    _check_events(events or [], ALL_EVENTS_V2, "webhook.events")
+    return Webhook(url=hook["url"], enabled=enabled,
+                   events=tuple(events or ALL_EVENTS_V2) if enabled else (),
+                   by_events=hook.get("byEvents", False), base64=hook.get("base64", False),
+                   headers=_header_values(hook.get("headers")))  # fmt: skip
+
+
+def _webhook_from_set_v1(body: Any) -> Webhook:
+    url = body.get("url") if isinstance(body, dict) else None
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise Refusal(400, ['Invalid "url" property'])
+    enabled = body.get("enabled", True) is not False
+    events = body.get("events")
     if enabled and not isinstance(events, list):
         raise Refusal(500, "Cannot read properties of undefined (reading 'length')")
-    for index, name in enumerate(events or []):
-        if name not in ALL_EVENTS_V2:
-            raise Refusal(400, [[f"webhook.events[{index}] is not one of enum values: "
-                                  + ",".join(ALL_EVENTS_V2)]])  # fmt: skip
-    headers = hook.get("headers")
-    return Webhook(url=str(hook["url"]), enabled=enabled,
-                   events=tuple(events or ALL_EVENTS_V2) if enabled else (),
-                   by_events=bool(hook.get("byEvents")), base64=bool(hook.get("base64")),
-                   headers=headers if isinstance(headers, dict) else None)  # fmt: skip
+    _check_events(events or [], _ALL_V1_EVENTS, "events")
+    return Webhook(url=url, enabled=enabled,
+                   events=tuple(events or _ALL_V1_EVENTS) if enabled else (),
+                   by_events=bool(body.get("webhook_by_events")),
+                   base64=bool(body.get("webhook_base64")))  # fmt: skip
+
+
+def _check_events(events: list[Any], known: tuple[str, ...], where: str) -> None:
+    for index, name in enumerate(events):
+        if name not in known:
+            raise Refusal(400, [[f"{where}[{index}] is not one of enum values: "
+                                 + ",".join(known)]])  # fmt: skip
+
+
+def _header_values(headers: Any) -> dict[str, str] | None:
+    """Headers as axios sends them: every value becomes text."""
+    if not isinstance(headers, dict):
+        return None
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in headers.items()}
 
 
 def webhook_answer(instance: Instance, v1: bool, *, set_: bool) -> Any:

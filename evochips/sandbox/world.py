@@ -64,6 +64,8 @@ class Instance:
     wuid: str | None = None
     profile_name: str | None = None
     opened: bool = False
+    # This socket's QR has been scanned; the pairing is under way.
+    scanned: bool = False
     disconnection_code: int | None = None
     disconnection_at: str | None = None
     disconnection_object: str | None = None  # Baileys' lastDisconnect, as a JSON string
@@ -85,6 +87,7 @@ class World:
     def start_socket(self, instance: Instance, pairing_number: str | None = None) -> None:
         """A socket starts: ``connecting`` at once, then QR codes until scanned or refused."""
         self._stop_qr(instance)
+        instance.scanned = False
         instance.pairing_number = pairing_number or instance.number
         instance.state = "connecting"
         self.connection(instance, "connecting", 200)
@@ -129,6 +132,7 @@ class World:
     def scan(self, instance: Instance) -> None:
         """The QR is scanned: WhatsApp restarts the socket (515), then it opens."""
         self._stop_qr(instance)
+        instance.scanned = True
         digits = instance.number or "55119" + str(uuid.uuid4().int)[:8]
         instance.wuid = f"{digits}@s.whatsapp.net"
         instance.profile_name = f"Sandbox {instance.name}"

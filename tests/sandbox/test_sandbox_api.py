@@ -1,0 +1,130 @@
+"""The sandbox against input meant to hurt it, and the checks Evolution makes that a
+backend may rely on (found by trying the sandbox as a new user would)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from evochips.sandbox import SandboxConfig, create_sandbox
+
+KEY = "sandbox-test-key"
+
+
+async def _api(version: int = 2) -> AsyncIterator[httpx.AsyncClient]:
+    sandbox = create_sandbox(SandboxConfig(global_key=KEY, time_scale=0.001, version=version))
+    transport = httpx.ASGITransport(app=sandbox)
+    async with httpx.AsyncClient(transport=transport, base_url="http://evolution.test",
+                                 headers={"apikey": KEY}) as api:  # fmt: skip
+        yield api
+    await sandbox.state.world.aclose()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _api():
+        yield client
+
+
+@pytest.fixture
+async def api_v1() -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _api(version=1):
+        yield client
+
+
+def _create(name: str, **extra: Any) -> dict[str, Any]:
+    return {"instanceName": name, "integration": "WHATSAPP-BAILEYS", "qrcode": True} | extra
+
+
+async def test_a_name_utf8_cannot_carry_is_answered_not_a_500(api: httpx.AsyncClient) -> None:
+    created = await api.post("/instance/create", content=b'{"instanceName": "lone\\ud800", '
+                             b'"integration": "WHATSAPP-BAILEYS"}')  # fmt: skip
+    listed = await api.get("/instance/fetchInstances")
+    assert created.status_code == 201 and created.json()["instance"]["instanceName"] == "lone\ud800"
+    assert listed.status_code == 200
+
+
+async def test_absurdly_nested_json_is_a_400(api: httpx.AsyncClient) -> None:
+    response = await api.post("/instance/create", content=b"[" * 100_000 + b"]" * 100_000)
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("webhook", "message"),
+    [
+        ({"enabled": "yes", "url": "http://x"}, "webhook.enabled is not of a type(s) boolean"),
+        ({"enabled": True, "url": 123, "events": []}, "webhook.url is not of a type(s) string"),
+        ({"enabled": True, "url": "http://x", "headers": "x", "events": []},
+         "webhook.headers is not of a type(s) object"),
+        ({"enabled": True, "url": "http://x", "events": "QRCODE_UPDATED"},
+         "webhook.events is not of a type(s) array"),
+        ({"enabled": True, "url": "http://x", "events": ["BOGUS"]},
+         "webhook.events[0] is not one of enum values"),
+    ],
+)  # fmt: skip
+async def test_v2_webhook_set_checks_types(
+    api: httpx.AsyncClient, webhook: dict[str, Any], message: str
+) -> None:
+    await api.post("/instance/create", json=_create("a", qrcode=False))
+    response = await api.post("/webhook/set/a", json={"webhook": webhook})
+    assert response.status_code == 400
+    assert response.json()["response"]["message"][0][0].startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"url": "notaurl", "events": ["QRCODE_UPDATED"]}, 400),
+        ({"url": "http://x", "events": ["LOGOUT_INSTANCE"]}, 400),
+        ({"url": "http://x", "events": ["QRCODE_UPDATED"]}, 201),
+    ],
+)
+async def test_v1_webhook_set_checks_url_and_events(
+    api_v1: httpx.AsyncClient, body: dict[str, Any], status: int
+) -> None:
+    await api_v1.post("/instance/create", json={"instanceName": "a", "token": "T"})
+    assert (await api_v1.post("/webhook/set/a", json=body)).status_code == status
+
+
+async def test_nested_header_values_are_sent_as_text(api: httpx.AsyncClient) -> None:
+    hook = {"url": "http://x", "events": [], "headers": {"a": {"b": 1}, "n": 2}}
+    response = await api.post("/instance/create", json=_create("a", webhook=hook))
+    assert response.json()["webhook"]["webhookHeaders"] == {"a": '{"b": 1}', "n": "2"}
+
+
+@pytest.mark.parametrize("status", [99, 1000, 200])
+async def test_a_fault_status_must_be_an_error_status(api: httpx.AsyncClient, status: int) -> None:
+    response = await api.post("/_sandbox/faults", json={"fail_times": 1, "fail_status": status})
+    assert response.status_code == 400
+    assert (await api.get("/")).status_code == 200
+
+
+async def test_a_hang_ends_when_the_client_gives_up(api: httpx.AsyncClient) -> None:
+    await api.post("/instance/create", json=_create("a", qrcode=False))
+    await api.post("/_sandbox/faults", json={"hang_times": 1})
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(api.get("/instance/connectionState/a"), 0.3)
+    assert (await api.get("/instance/connectionState/a")).status_code == 200
+
+
+async def test_fetch_instances_filters_by_id_and_number(api: httpx.AsyncClient) -> None:
+    a = (await api.post("/instance/create", json=_create("a", qrcode=False))).json()
+    await api.post("/instance/create", json=_create("b", qrcode=False, number="5511900000002"))
+
+    by_id = await api.get(
+        "/instance/fetchInstances", params={"instanceId": a["instance"]["instanceId"]}
+    )
+    by_number = await api.get("/instance/fetchInstances", params={"number": "5511900000002"})
+    assert [row["name"] for row in by_id.json()] == ["a"]
+    assert [row["name"] for row in by_number.json()] == ["b"]
+
+
+async def test_one_qr_is_scanned_once(api: httpx.AsyncClient) -> None:
+    await api.post("/instance/create", json=_create("a"))
+    await asyncio.sleep(0.05)
+    answers = await asyncio.gather(*(api.post("/_sandbox/instances/a/scan") for _ in range(5)))
+    assert sorted(r.status_code for r in answers) == [200, 409, 409, 409, 409]
