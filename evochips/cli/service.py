@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import click
@@ -78,8 +79,20 @@ def serve(host: str, port: int, sandbox: bool) -> None:
 @click.option("--key", default=DEFAULT_GLOBAL_KEY, show_default=True, help="Global API key.")
 @click.option("--time-scale", default=1.0, show_default=True, type=click.FloatRange(0.001, 100))
 @click.option("--global-webhook", default=None, help="URL of Evolution's global webhook.")
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="EVOCHIPS_SANDBOX_STATE",
+    help="Keep instances in this file across restarts (env EVOCHIPS_SANDBOX_STATE).",
+)
 def sandbox(
-    host: str, port: int, version: str, key: str, time_scale: float, global_webhook: str | None
+    host: str,
+    port: int,
+    version: str,
+    key: str,
+    time_scale: float,
+    global_webhook: str | None,
+    state_file: Path | None,
 ) -> None:
     from evochips.sandbox import create_sandbox
 
@@ -91,6 +104,7 @@ def sandbox(
         server_url=url,
         time_scale=time_scale,
         global_webhook_url=global_webhook,
+        state_file=state_file,
     )
     logger.warning(SIMULATED, url, url)
     uvicorn.run(
@@ -124,7 +138,10 @@ def _sandbox_server(url: str, key: str) -> uvicorn.Config:
         raise click.ClickException(
             f"--sandbox needs EVOLUTION_API_URL on this machine with a port, not {url}"
         )
-    config = SandboxConfig(global_key=key, server_url=url)
+    state = os.environ.get("EVOCHIPS_SANDBOX_STATE")
+    config = SandboxConfig(
+        global_key=key, server_url=url, state_file=Path(state) if state else None
+    )
     logger.warning(SIMULATED, url, url)
     return uvicorn.Config(
         create_sandbox(config),

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse as _StarletteJSON
 from starlette.responses import Response
 from starlette.routing import Route
 
+from evochips.sandbox import storage
 from evochips.sandbox.config import SandboxConfig
 from evochips.sandbox.delivery import Deliverer
 from evochips.sandbox.faults import Faults
@@ -346,7 +347,11 @@ def create_sandbox(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if config.state_file is not None:
+            storage.load(world, config.state_file)
         yield
+        if config.state_file is not None:
+            storage.save(world, config.state_file)
         await world.aclose()
 
     restart_method = "PUT" if v1 else "POST"

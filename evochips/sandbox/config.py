@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 DEFAULT_GLOBAL_KEY = "sandbox-global-key"
 
@@ -25,6 +26,8 @@ class SandboxConfig:
     # With no route to WhatsApp (as the live recordings were made), no QR ever appears.
     offline: bool = False
     webhook_attempts: int = 10
+    # Where instances are kept across restarts; None keeps them in memory only.
+    state_file: Path | None = None
 
     def seconds(self, real: float) -> float:
         return real * self.time_scale

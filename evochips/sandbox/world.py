@@ -145,9 +145,13 @@ class World:
         """v2's restart ends the socket with a plain error, so it reconnects silently: a
         paired number comes back open, an unpaired one shows QR codes again."""
         if instance.state == "open":
-            self._play(instance, self._connecting, self._open)
+            self.reconnect(instance)
         else:
             self.start_socket(instance)
+
+    def reconnect(self, instance: Instance) -> None:
+        """A paired number's session resumes after a server start: connecting, then open."""
+        self._play(instance, self._connecting, self._open)
 
     def drop(self, instance: Instance, code: int = 408) -> None:
         """The connection drops and comes back by itself; v2 reports no close for it."""

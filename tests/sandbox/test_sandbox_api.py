@@ -4,7 +4,9 @@ backend may rely on (found by trying the sandbox as a new user would)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,3 +130,39 @@ async def test_one_qr_is_scanned_once(api: httpx.AsyncClient) -> None:
     await asyncio.sleep(0.05)
     answers = await asyncio.gather(*(api.post("/_sandbox/instances/a/scan") for _ in range(5)))
     assert sorted(r.status_code for r in answers) == [200, 409, 409, 409, 409]
+
+
+async def test_instances_survive_a_restart_and_connect_again(tmp_path: Path) -> None:
+    state = tmp_path / "sandbox.json"
+    config = SandboxConfig(global_key=KEY, time_scale=0.001, state_file=state)
+    hook = {"url": "http://x", "events": [], "headers": {"x-evochips-token": "s"}}
+
+    first = create_sandbox(config)
+    async with _lifespan(first), _client(first) as api:
+        await api.post("/instance/create", json=_create("paired", webhook=hook))
+        await api.post("/instance/create", json=_create("waiting"))
+        await asyncio.sleep(0.05)
+        await api.post("/_sandbox/instances/paired/scan")
+        await asyncio.sleep(0.05)
+        token = (await api.get("/instance/fetchInstances")).json()[0]["token"]
+
+    second = create_sandbox(config)
+    async with _lifespan(second), _client(second) as api:
+        await asyncio.sleep(0.05)
+        shown = {i["instance"]: i for i in (await api.get("/_sandbox/instances")).json()}
+        found = await api.get("/webhook/find/paired", headers={"apikey": token})
+
+    assert shown["paired"]["state"] == "open" and shown["paired"]["wuid"]
+    assert shown["waiting"]["state"] == "connecting"
+    assert found.status_code == 200 and found.json()["headers"] == hook["headers"]
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    async with app.router.lifespan_context(app):
+        yield
+
+
+def _client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                             base_url="http://evolution.test", headers={"apikey": KEY})  # fmt: skip
