@@ -8,6 +8,7 @@ import base64
 import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -181,3 +182,12 @@ async def test_sender_appears_once_the_number_has_been_open(rig: Rig) -> None:
     connection = [b for _, _, b in rig.sink.received if b["event"] == "connection.update"]
     assert "sender" not in connection[0] and connection[-1]["data"]["state"] == "open"
     assert connection[-1]["sender"] == connection[-1]["data"]["wuid"]
+
+
+async def test_date_time_is_sao_paulo_wall_time_labelled_utc(rig: Rig) -> None:
+    await rig.api.post("/instance/create", json=_create("a", events=["CONNECTION_UPDATE"]))
+    await rig.settle()
+    labelled = datetime.fromisoformat(rig.sink.received[0][2]["date_time"])
+    behind = datetime.now(UTC) - labelled
+    # São Paulo has kept UTC-3 all year since 2019: the "UTC" label is three hours early.
+    assert timedelta(hours=3) - timedelta(minutes=1) < behind < timedelta(hours=3, minutes=1)
