@@ -1,6 +1,7 @@
 """Applying the state machine to stored chips, one short transaction at a time.
 
-Every change to a chip, from a command, a poll or a webhook, goes through :func:`_apply`:
+Every change to a chip, from a command, a poll or a webhook (see ``evochips.inbox``),
+goes through :func:`apply_decision`:
 the chip row is locked, the machine decides, the chip is updated with a version
 compare-and-set, and a history row is appended with the next per-chip sequence number.
 No network call happens while a transaction here is open.
@@ -15,19 +16,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evochips.db import Chip, ChipTransition, Database, WebhookEventRow
-from evochips.db.models import KEY_OWNERS, utcnow
-from evochips.evolution.events import QrImage, WebhookEvent
+from evochips.db.models import utcnow
+from evochips.evolution.events import QrImage
 from evochips.statemachine import (
     ChipStatus,
     ConnectionState,
     Decision,
-    InvalidTransition,
     Trigger,
     decide,
 )
@@ -39,14 +38,6 @@ class Source(enum.StrEnum):
     COMMAND = "command"
     WEBHOOK = "webhook"
     POLL = "poll"
-
-
-class Outcome(enum.StrEnum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-    IGNORED = "ignored"
-    UNMATCHED = "unmatched"
 
 
 class ChipNotFound(LookupError):
@@ -79,15 +70,6 @@ class Applied:
     decision: Decision
 
 
-@dataclass(frozen=True)
-class WebhookResult:
-    outcome: Outcome
-    event_id: int
-    chip_id: str | None = None
-    decision: Decision | None = None
-    detail: str | None = None
-
-
 async def register(
     db: Database, instance_name: str, telefone: str, chip_id: str | None = None
 ) -> Chip:
@@ -99,7 +81,7 @@ async def register(
         async with db.write() as session:
             if await _live_chip(session, instance_name) is not None:
                 raise RegistrationConflict(f"instance name {instance_name!r} is already in use")
-            existing = await _lock(session, Chip.id == chip_id) if chip_id else None
+            existing = await lock_chip(session, Chip.id == chip_id) if chip_id else None
             floor = await _last_seen(session, instance_name)
             if existing is None:
                 return await _insert_chip(
@@ -127,7 +109,7 @@ async def register(
                 "owner_jid": None,
                 "profile_name": None,
             }
-            chip = await _apply(
+            chip = await apply_decision(
                 session, existing, decision, Source.COMMAND, Facts(note=note), None, reset
             )
             return chip
@@ -155,7 +137,9 @@ async def fire(
             ChipStatus(chip.status),
             ConnectionState(chip.connection_state),
         )
-        chip = await _apply(session, chip, decision, source, facts or Facts(), None, changes)
+        chip = await apply_decision(
+            session, chip, decision, source, facts or Facts(), None, changes
+        )
         return Applied(chip, decision)
 
 
@@ -173,63 +157,18 @@ async def offer_qr(db: Database, chip_id: str, qr: QrImage, source: Source) -> b
             ChipStatus(chip.status),
             ConnectionState(chip.connection_state),
         )
-        await _apply(session, chip, decision, source, Facts(qr=qr), None)
+        await apply_decision(session, chip, decision, source, Facts(qr=qr), None)
         return True
 
 
 async def _locked(session: AsyncSession, chip_id: str) -> Chip:
-    chip = await _lock(session, Chip.id == chip_id)
+    chip = await lock_chip(session, Chip.id == chip_id)
     if chip is None:
         raise ChipNotFound(f"no chip with id {chip_id}")
     return chip
 
 
-async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
-    """Store a delivery and apply it to its chip if it is new, current and allowed."""
-    signal = event.signal
-    if signal is None or event.instance is None:
-        async with db.write() as session:
-            return await _store_event(session, event, Outcome.IGNORED, event.ignore_reason)
-
-    async with db.write() as session:
-        chip = await _lock(session, _is_live(event.instance))
-        if chip is None:
-            outcome, detail = await _without_chip(session, event.instance)
-            return await _store_event(session, event, outcome, detail)
-
-        facts = Facts(
-            status_reason=signal.status_reason,
-            wuid=signal.wuid,
-            profile_name=signal.profile_name,
-            qr=signal.qr,
-            evolution_date_time=event.date_time,
-        )
-        if _is_stale(event.date_time, chip.evolution_date_time):
-            return await _store_event(
-                session,
-                event,
-                Outcome.STALE,
-                "older than the last event applied to the chip",
-                chip.id,
-            )
-        try:
-            decision = decide(
-                chip.instance_name,
-                signal.trigger,
-                ChipStatus(chip.status),
-                ConnectionState(chip.connection_state),
-            )
-        except InvalidTransition as exc:
-            return await _store_event(session, event, Outcome.IGNORED, str(exc), chip.id)
-
-        result = await _store_event(session, event, Outcome.APPLIED, None, chip.id)
-        if result.outcome is Outcome.APPLIED:
-            await _apply(session, chip, decision, Source.WEBHOOK, facts, result.event_id)
-            return WebhookResult(Outcome.APPLIED, result.event_id, chip.id, decision)
-        return result
-
-
-async def _apply(
+async def apply_decision(
     session: AsyncSession,
     chip: Chip,
     decision: Decision,
@@ -253,7 +192,7 @@ async def _apply(
     if decision.trigger is Trigger.CONNECTED:
         values["owner_jid"] = facts.wuid or chip.owner_jid
         values["profile_name"] = facts.profile_name or chip.profile_name
-    if facts.evolution_date_time is not None and not _is_stale(
+    if facts.evolution_date_time is not None and not is_stale(
         facts.evolution_date_time, chip.evolution_date_time
     ):
         values["evolution_date_time"] = facts.evolution_date_time
@@ -386,47 +325,6 @@ async def _insert_chip(
     return chip
 
 
-async def _store_event(
-    session: AsyncSession,
-    event: WebhookEvent,
-    outcome: Outcome,
-    detail: str | None,
-    chip_id: str | None = None,
-) -> WebhookResult:
-    """Insert the delivery's row; a copy of a delivery that owns its key is ``duplicate``."""
-    values = {
-        "dedupe_key": event.dedupe_key,
-        "instance_name": event.instance,
-        "event": event.event,
-        "date_time": event.date_time,
-        "received_at": utcnow(),
-        "body": event.stored_body,
-        "outcome": outcome.value,
-        "detail": (detail or "")[:255] or None,
-        "chip_id": chip_id,
-    }
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    first = (
-        dialect.insert(WebhookEventRow)
-        .values(**values)
-        .on_conflict_do_nothing(
-            index_elements=["dedupe_key"],
-            # A literal, not a bound parameter: PostgreSQL matches the partial index by
-            # its predicate, which a generic prepared plan cannot see through a parameter.
-            index_where=text(KEY_OWNERS),
-        )
-        .returning(WebhookEventRow.id)
-    )
-    event_id = (await session.execute(first)).scalar_one_or_none()
-    if event_id is None:
-        outcome, detail = Outcome.DUPLICATE, "delivered before"
-        values.update(outcome=outcome.value, detail=detail, body=None)
-        copy = insert(WebhookEventRow).values(**values).returning(WebhookEventRow.id)
-        event_id = (await session.execute(copy)).scalar_one()
-    logger.info("webhook %s for %r: %s", event.event, event.instance, outcome.value)
-    return WebhookResult(outcome, event_id, chip_id, None, detail)
-
-
 async def _last_seen(session: AsyncSession, instance_name: str) -> datetime | None:
     """The newest Evolution ``date_time`` ever received for this name. A chip that takes
     over a name starts from it, so a late or retried event from an earlier instance of
@@ -438,14 +336,7 @@ async def _last_seen(session: AsyncSession, instance_name: str) -> datetime | No
     )
 
 
-async def _without_chip(session: AsyncSession, instance: str) -> tuple[Outcome, str]:
-    deleted = await session.scalar(select(Chip.id).where(Chip.instance_name == instance).limit(1))
-    if deleted is not None:
-        return Outcome.IGNORED, f"chip {deleted} for instance {instance!r} is deleted"
-    return Outcome.UNMATCHED, f"no chip has instance {instance!r}"
-
-
-async def _lock(session: AsyncSession, condition: Any) -> Chip | None:
+async def lock_chip(session: AsyncSession, condition: Any) -> Chip | None:
     # FOR UPDATE serialises writers per chip on PostgreSQL; SQLite drops the clause and
     # relies on the BEGIN IMMEDIATE every write transaction starts with.
     result = await session.execute(select(Chip).where(condition).with_for_update())
@@ -453,14 +344,14 @@ async def _lock(session: AsyncSession, condition: Any) -> Chip | None:
 
 
 async def _live_chip(session: AsyncSession, instance_name: str) -> Chip | None:
-    return await session.scalar(select(Chip).where(_is_live(instance_name)))
+    return await session.scalar(select(Chip).where(is_live(instance_name)))
 
 
-def _is_live(instance_name: str) -> Any:
+def is_live(instance_name: str) -> Any:
     return (Chip.instance_name == instance_name) & Chip.deleted_at.is_(None)
 
 
-def _is_stale(candidate: datetime | None, last_applied: datetime | None) -> bool:
+def is_stale(candidate: datetime | None, last_applied: datetime | None) -> bool:
     """Strictly older than the last applied event; equal times are not stale because
     Evolution emits several events in the same millisecond."""
     return candidate is not None and last_applied is not None and candidate < last_applied

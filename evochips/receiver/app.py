@@ -23,7 +23,8 @@ from starlette.routing import Route
 
 from evochips.db import Chip, Database, DatabaseUnavailable
 from evochips.evolution.events import read_event
-from evochips.lifecycle import ConcurrentChange, Outcome, record_webhook
+from evochips.inbox import Outcome, record_webhook
+from evochips.lifecycle import ConcurrentChange
 from evochips.receiver.auth import is_authentic
 
 logger = logging.getLogger(__name__)

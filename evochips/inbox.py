@@ -1,0 +1,142 @@
+"""Evolution's webhook deliveries: each one stored, and applied to its chip at most once.
+
+A delivery is applied in one transaction with its chip locked: a copy of one seen before
+is recorded as ``duplicate``, one older than the last event applied to the chip as
+``stale``, one the state machine refuses or evochips does not handle as ``ignored``, and
+one for an instance no chip has (yet) as ``unmatched``. Only an ``applied`` delivery
+changes the chip.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evochips.db import Chip, Database, WebhookEventRow
+from evochips.db.models import KEY_OWNERS, utcnow
+from evochips.evolution.events import WebhookEvent
+from evochips.lifecycle import Facts, Source, apply_decision, is_live, is_stale, lock_chip
+from evochips.statemachine import (
+    ChipStatus,
+    ConnectionState,
+    Decision,
+    InvalidTransition,
+    decide,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    IGNORED = "ignored"
+    UNMATCHED = "unmatched"
+
+
+@dataclass(frozen=True)
+class WebhookResult:
+    outcome: Outcome
+    event_id: int
+    chip_id: str | None = None
+    decision: Decision | None = None
+    detail: str | None = None
+
+
+async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
+    """Store a delivery and apply it to its chip if it is new, current and allowed."""
+    signal = event.signal
+    if signal is None or event.instance is None:
+        async with db.write() as session:
+            return await _store_event(session, event, Outcome.IGNORED, event.ignore_reason)
+
+    async with db.write() as session:
+        chip = await lock_chip(session, is_live(event.instance))
+        if chip is None:
+            outcome, detail = await _without_chip(session, event.instance)
+            return await _store_event(session, event, outcome, detail)
+
+        facts = Facts(
+            status_reason=signal.status_reason,
+            wuid=signal.wuid,
+            profile_name=signal.profile_name,
+            qr=signal.qr,
+            evolution_date_time=event.date_time,
+        )
+        if is_stale(event.date_time, chip.evolution_date_time):
+            return await _store_event(
+                session,
+                event,
+                Outcome.STALE,
+                "older than the last event applied to the chip",
+                chip.id,
+            )
+        try:
+            decision = decide(
+                chip.instance_name,
+                signal.trigger,
+                ChipStatus(chip.status),
+                ConnectionState(chip.connection_state),
+            )
+        except InvalidTransition as exc:
+            return await _store_event(session, event, Outcome.IGNORED, str(exc), chip.id)
+
+        result = await _store_event(session, event, Outcome.APPLIED, None, chip.id)
+        if result.outcome is Outcome.APPLIED:
+            await apply_decision(session, chip, decision, Source.WEBHOOK, facts, result.event_id)
+            return WebhookResult(Outcome.APPLIED, result.event_id, chip.id, decision)
+        return result
+
+
+async def _store_event(
+    session: AsyncSession,
+    event: WebhookEvent,
+    outcome: Outcome,
+    detail: str | None,
+    chip_id: str | None = None,
+) -> WebhookResult:
+    """Insert the delivery's row; a copy of a delivery that owns its key is ``duplicate``."""
+    values = {
+        "dedupe_key": event.dedupe_key,
+        "instance_name": event.instance,
+        "event": event.event,
+        "date_time": event.date_time,
+        "received_at": utcnow(),
+        "body": event.stored_body,
+        "outcome": outcome.value,
+        "detail": (detail or "")[:255] or None,
+        "chip_id": chip_id,
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    first = (
+        dialect.insert(WebhookEventRow)
+        .values(**values)
+        .on_conflict_do_nothing(
+            index_elements=["dedupe_key"],
+            # A literal, not a bound parameter: PostgreSQL matches the partial index by
+            # its predicate, which a generic prepared plan cannot see through a parameter.
+            index_where=text(KEY_OWNERS),
+        )
+        .returning(WebhookEventRow.id)
+    )
+    event_id = (await session.execute(first)).scalar_one_or_none()
+    if event_id is None:
+        outcome, detail = Outcome.DUPLICATE, "delivered before"
+        values.update(outcome=outcome.value, detail=detail, body=None)
+        copy = insert(WebhookEventRow).values(**values).returning(WebhookEventRow.id)
+        event_id = (await session.execute(copy)).scalar_one()
+    logger.info("webhook %s for %r: %s", event.event, event.instance, outcome.value)
+    return WebhookResult(outcome, event_id, chip_id, None, detail)
+
+
+async def _without_chip(session: AsyncSession, instance: str) -> tuple[Outcome, str]:
+    deleted = await session.scalar(select(Chip.id).where(Chip.instance_name == instance).limit(1))
+    if deleted is not None:
+        return Outcome.IGNORED, f"chip {deleted} for instance {instance!r} is deleted"
+    return Outcome.UNMATCHED, f"no chip has instance {instance!r}"
