@@ -102,10 +102,18 @@ def _command(
 
 
 class InstanceManager:
-    def __init__(self, db: Database, evolution: EvolutionClient, webhook: WebhookTarget) -> None:
+    def __init__(
+        self,
+        db: Database,
+        evolution: EvolutionClient,
+        webhook: WebhookTarget,
+        *,
+        owns_db: bool = False,
+    ) -> None:
         self._db = db
         self._evolution = evolution
         self._webhook = webhook
+        self._owns_db = owns_db
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database | None = None) -> InstanceManager:
@@ -119,10 +127,15 @@ class InstanceManager:
             headers={TOKEN_HEADER: settings.webhook_secret},
             headerless_url=settings.headerless_webhook_url,
         )
-        return cls(db or Database(settings.database_url), evolution, webhook)
+        if db is not None:
+            return cls(db, evolution, webhook)
+        return cls(Database(settings.database_url), evolution, webhook, owns_db=True)
 
     async def aclose(self) -> None:
+        """Close the Evolution client, and the database if the manager opened it."""
         await self._evolution.aclose()
+        if self._owns_db:
+            await self._db.dispose()
 
     @_command(chip_id=None, instance_name=None, qr_code=None)
     async def criar_instancia(
@@ -159,12 +172,11 @@ class InstanceManager:
             raise _Unconfirmed(chip, exc) from exc
         await lifecycle.remember_instance(self._db, chip.id, created.instance_id)
         qr = created.qr if created.qr is not None and created.qr.ready else None
-        if qr is not None:
-            await self._store_qr(chip, qr, Source.COMMAND)
+        stored = qr is not None and await self._store_qr(chip, qr, Source.COMMAND)
         return {
             "chip_id": chip.id,
             "instance_name": instance_name,
-            "qr_code": qr.base64 if qr else None,
+            "qr_code": qr.base64 if qr is not None and stored else None,
         }
 
     @_command(qr_code=None, code=None, connected=False)
@@ -220,8 +232,11 @@ class InstanceManager:
             # Evolution answers a restart of a closed instance with an error in HTTP 200
             # (reference section 2.5); connecting is what brings a closed one back.
             answer = await self._evolution.connect(instance_name)
-        if not (isinstance(answer, QrCode) and answer.ready):
-            answer = await self._evolution.connect(instance_name)
+        else:
+            has_qr = isinstance(answer, QrCode) and answer.ready
+            is_open = isinstance(answer, InstanceState) and answer.state == "open"
+            if not (has_qr or is_open):  # v1 answers a closed instance's state; v2 count 0
+                answer = await self._evolution.connect(instance_name)
         result = await self._connect_result(chip, answer)
         if result["connected"]:
             message = f"instance {instance_name} is connected; no QR needed"
@@ -253,12 +268,15 @@ class InstanceManager:
         if not answer.ready:
             # {"count": 0}: Evolution has not produced a QR yet; not an error.
             return {"qr_code": None, "code": None, "connected": False}
-        await self._store_qr(chip, answer, Source.COMMAND)
+        if not await self._store_qr(chip, answer, Source.COMMAND):
+            # The chip opened while this answer was on its way: the QR is spent.
+            return {"qr_code": None, "code": None, "connected": True}
         return {"qr_code": answer.base64, "code": answer.code, "connected": False}
 
-    async def _store_qr(self, chip: Chip, qr: QrCode, source: Source) -> None:
+    async def _store_qr(self, chip: Chip, qr: QrCode, source: Source) -> bool:
+        """Store a QR a command's answer carried; False when the chip has opened since."""
         image = QrImage(base64=qr.base64, code=qr.code, pairing_code=qr.pairing_code)
-        await lifecycle.offer_qr(self._db, chip.id, image, source)
+        return await lifecycle.offer_qr(self._db, chip.id, image, source)
 
     async def _delete(self, chip: Chip) -> DeleteOutcome:
         name = chip.instance_name
@@ -340,7 +358,7 @@ V1_DELETE_PAUSES = (0.5, 1.0, 2.0)
 
 
 def _needs_disconnect(exc: EvolutionRejected) -> bool:
-    return exc.status == 400 and "disconnected" in str(exc)
+    return exc.status == 400 and "needs to be disconnected" in exc.detail
 
 
 _POLLED_TRIGGERS = {

@@ -460,7 +460,8 @@ async def test_a_qr_in_create_answer_does_not_undo_a_scan_reported_meanwhile(
     client = EvolutionClient("http://evolution.test", GLOBAL_KEY, transport=ScannedDuringCreate())
     result = await InstanceManager(db, client, HOOK).criar_instancia("chip-0001", "5511900000001")
 
-    assert result["sucesso"] is True and result["qr_code"] is not None
+    assert result["sucesso"] is True
+    assert result["qr_code"] is None, "the QR is spent: the caller must not be asked to scan it"
     chip = await chip_named(db, "chip-0001")
     assert (chip.status, chip.connection_state, chip.evolution_qr_code) == ("warming", "open", None)
 
@@ -476,3 +477,20 @@ async def test_a_404_that_is_not_evolutions_does_not_count_as_deleted(db: Databa
 
     assert result["sucesso"] is False and "404" in result["error"]
     assert (await chip_named(db, "chip-0001")).status == "warming"
+
+
+async def test_a_name_that_contains_disconnected_does_not_trigger_a_logout(db: Database) -> None:
+    calls: list[str] = []
+
+    def refuses(request: httpx.Request) -> httpx.Response:
+        calls.append(f"{request.method} {request.url.path}")
+        return json_response(400, {"status": 400, "error": "Bad Request",
+                                   "response": {"message": ["something else"]}})  # fmt: skip
+
+    chip = await given_chip(db, "chip-disconnected", "warming", "open")
+    manager = InstanceManager(db, evolution_with(refuses), HOOK)
+
+    result = await manager.deletar_instancia("chip-disconnected", chip.id)
+
+    assert result["sucesso"] is False and "something else" in result["error"]
+    assert calls == ["DELETE /instance/delete/chip-disconnected"]

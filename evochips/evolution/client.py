@@ -118,7 +118,8 @@ class EvolutionClient:
     async def connect(self, name: str) -> QrCode | InstanceState:
         """Ask for a QR; an already connected instance answers with its state instead."""
         path = f"/instance/connect/{name}"
-        return parse_connect(await self._request("GET", path), path)
+        # Not retried: on a closed instance connect starts a socket (reference 2.3).
+        return parse_connect(await self._request("GET", path, retry=False), path)
 
     async def connection_state(self, name: str) -> str | None:
         """The instance's live state, or None when Evolution has it on disk but not loaded."""
@@ -138,7 +139,7 @@ class EvolutionClient:
         try:
             expect_dict(await self._request("DELETE", path), path)
         except EvolutionRejected as exc:
-            if exc.status == 400 and "not connected" in str(exc):
+            if exc.status == 400 and "is not connected" in exc.detail:
                 return LogoutOutcome.NOT_CONNECTED
             raise
         return LogoutOutcome.LOGGED_OUT
@@ -181,12 +182,13 @@ class EvolutionClient:
         params: dict[str, str] | None = None,
         timeout: httpx.Timeout | None = None,
         allow_null: bool = False,
+        retry: bool = True,
     ) -> Any:
-        """Send a request (a GET up to READ_ATTEMPTS times) and return its decoded JSON.
+        """Send a request (a read up to READ_ATTEMPTS times) and return its decoded JSON.
 
         Raises an EvolutionError.
         """
-        if method != "GET":
+        if method != "GET" or not retry:
             return await self._send(method, path, json, params, timeout, allow_null)
         async for attempt in AsyncRetrying(
             stop=stop_after_attempt(self._read_attempts),
@@ -290,7 +292,13 @@ def _rejection(method: str, path: str, status: int, body: Any) -> EvolutionRejec
         detail = "a body that is not JSON"
     message = f"Evolution API refused {method} {path} with HTTP {status}"
     message += f": {detail}" if detail else ""
-    kwargs: dict[str, Any] = {"status": status, "reason": reason, "method": method, "path": path}
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "reason": reason,
+        "detail": detail,
+        "method": method,
+        "path": path,
+    }
     if status == 401:
         return EvolutionUnauthorized(message + " (check EVOLUTION_API_KEY)", **kwargs)
     # A 404 is a missing instance only when Evolution says so: an unknown route also

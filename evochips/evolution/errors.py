@@ -37,11 +37,21 @@ class EvolutionTimeout(EvolutionUnavailable):
 
 class EvolutionRejected(EvolutionError):
     def __init__(
-        self, message: str, *, status: int, reason: str = "", method: str = "", path: str = ""
+        self,
+        message: str,
+        *,
+        status: int,
+        reason: str = "",
+        detail: str = "",
+        method: str = "",
+        path: str = "",
     ) -> None:
         super().__init__(message, method=method, path=path)
         self.status = status
         self.reason = reason
+        # Evolution's own words (its envelope's ``message``), to match on safely: the full
+        # message also holds the path, and so the instance name.
+        self.detail = detail
         self.retryable = status >= 500 or status in (408, 429)
 
 

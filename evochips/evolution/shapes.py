@@ -14,6 +14,11 @@ from typing import Any
 
 from evochips.evolution.errors import EvolutionProtocolError
 
+# Longer values than these are not Evolution's (and would not fit the chips table).
+MAX_ID = 64
+MAX_PAIRING_CODE = 32
+MAX_QR = 512 * 1024
+
 WEBHOOK_EVENTS = (
     "QRCODE_UPDATED",
     "CONNECTION_UPDATE",
@@ -116,9 +121,9 @@ def parse_connect(answer: Any, path: str) -> QrCode | InstanceState:
 def parse_qr(body: dict[str, Any]) -> QrCode:
     count = body.get("count")
     return QrCode(
-        base64=text_or_none(body.get("base64")),
-        code=text_or_none(body.get("code")),
-        pairing_code=text_or_none(body.get("pairingCode")),
+        base64=text_or_none(body.get("base64"), MAX_QR),
+        code=text_or_none(body.get("code"), MAX_QR),
+        pairing_code=text_or_none(body.get("pairingCode"), MAX_PAIRING_CODE),
         count=count if isinstance(count, int) and not isinstance(count, bool) else 0,
     )
 
@@ -128,7 +133,7 @@ def parse_created(answer: Any) -> CreatedInstance:
     instance = expect_dict(body.get("instance"), "/instance/create")
     qrcode = body.get("qrcode")
     return CreatedInstance(
-        instance_id=text_or_none(instance.get("instanceId")),
+        instance_id=text_or_none(instance.get("instanceId"), MAX_ID),
         status=text_or_none(instance.get("status")),
         qr=parse_qr(qrcode) if isinstance(qrcode, dict) else None,
     )
@@ -153,7 +158,7 @@ def parse_instances(answer: Any) -> list[InstanceInfo]:
         parsed.append(
             InstanceInfo(
                 name=name,
-                instance_id=text_or_none(instance_id),
+                instance_id=text_or_none(instance_id, MAX_ID),
                 state=text_or_none(state),
                 owner_jid=text_or_none(owner),
             )
@@ -239,5 +244,6 @@ def expect_dict(value: Any, path: str = "") -> dict[str, Any]:
     return value
 
 
-def text_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+def text_or_none(value: Any, limit: int = 4096) -> str | None:
+    """Non-empty text no longer than ``limit``; anything else is no value."""
+    return value if isinstance(value, str) and value and len(value) <= limit else None
