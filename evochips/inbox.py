@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evochips.db import Chip, Database, WebhookEventRow
+from evochips.db import Chip, Database, WebhookEventRow, log_after_commit
 from evochips.db.models import KEY_OWNERS, utcnow
 from evochips.evolution.events import WebhookEvent
 from evochips.lifecycle import Facts, Source, apply_decision, is_live, is_stale, lock_chip
@@ -131,7 +131,9 @@ async def _store_event(
         values.update(outcome=outcome.value, detail=detail, body=None)
         copy = insert(WebhookEventRow).values(**values).returning(WebhookEventRow.id)
         event_id = (await session.execute(copy)).scalar_one()
-    logger.info("webhook %s for %r: %s", event.event, event.instance, outcome.value)
+    log_after_commit(
+        session, logger, "webhook %s for %r: %s", event.event, event.instance, outcome.value
+    )
     return WebhookResult(outcome, event_id, chip_id, None, detail)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evochips.db import Chip, ChipTransition, Database, WebhookEventRow
+from evochips.db import Chip, ChipTransition, Database, WebhookEventRow, log_after_commit
 from evochips.db.models import utcnow
 from evochips.evolution.events import QrImage
 from evochips.statemachine import (
@@ -212,7 +212,9 @@ async def apply_decision(
         raise ConcurrentChange(f"chip {chip.id} changed while locked")
     if decision.changed:
         await _append_history(session, chip.id, decision, source, facts, webhook_event_id, now)
-        logger.info(
+        log_after_commit(
+            session,
+            logger,
             "chip %r %s: %s/%s -> %s/%s (%s)",
             chip.instance_name,
             decision.trigger.value,
@@ -321,7 +323,7 @@ async def _insert_chip(
         )
     )
     await session.flush()
-    logger.info("chip %r registered: -> pending/close (command)", instance_name)
+    log_after_commit(session, logger, "chip %r registered: -> pending/close", instance_name)
     return chip
 
 

@@ -59,7 +59,8 @@ async def test_20_concurrent_different_events_leave_a_linear_history(
     assert all(r.status_code == 200 for r in responses)
     assert await count(db, WebhookEventRow) == 20
     assert set(await outcomes(db)) <= {"applied", "stale"}
-    assert await count(db, ChipTransition) >= 2
+    # given_chip wrote two rows; the burst must have added some (open->connecting at least)
+    assert await count(db, ChipTransition) > 2
     await assert_history_consistent(db, chip.id)
 
 

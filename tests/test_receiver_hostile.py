@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from evochips import lifecycle
 from evochips.db import Database
@@ -227,7 +228,7 @@ class _Broken(Database):
     """A database whose writes fail in a way nobody planned for."""
 
     def write(self) -> Any:
-        raise RuntimeError("boom with ?apikey=leaked")
+        raise RuntimeError("a bug")
 
 
 async def test_an_unexpected_error_is_a_bare_500_and_logs_no_secret(
@@ -297,3 +298,29 @@ async def test_dates_at_the_calendars_edge_are_no_date(
 @pytest.mark.parametrize("claims", [{"iat": "now", "exp": "later"}, {"iat": True, "exp": 600}])
 async def test_a_signed_jwt_with_odd_times_is_refused(db: Database, claims: dict[str, Any]) -> None:
     assert await _post_with_jwt(db, claims) == 401
+
+
+async def test_a_failure_mid_transaction_leaves_nothing_and_logs_no_success(
+    db: Database,
+    receiver: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    chip = await given_chip(db, "chip-0001", "pending", "connecting")
+    caplog.set_level(logging.INFO)
+
+    async def lost_connection(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("INSERT INTO chip_transitions", {}, ConnectionError("gone"))
+
+    with monkeypatch.context() as patched:
+        patched.setattr(lifecycle, "_append_history", lost_connection)
+        failed = await receiver.post("/webhooks/evolution", json=OPEN)
+    assert failed.status_code == 503
+    assert "applied" not in caplog.text
+    assert await outcomes(db) == [] and (await chip_named(db, "chip-0001")).status == "pending"
+
+    redelivered = await receiver.post("/webhooks/evolution", json=OPEN)
+    assert redelivered.json()["outcome"] == "applied"
+    assert "webhook CONNECTION_UPDATE for 'chip-0001': applied" in caplog.text
+    assert (await chip_named(db, "chip-0001")).status == "warming"
+    assert chip.id == (await chip_named(db, "chip-0001")).id

@@ -48,7 +48,10 @@ def show(name: str, as_json: bool) -> None:
         raise click.ClickException(f"no chip with instance name or id {name!r}")
     data = queries.chip_dict(chip)
     data["allowed_triggers"] = lifecycle_triggers_from(ChipStatus(chip.status))
-    print_json(data) if as_json else print_fields(data)
+    if as_json:
+        print_json(data)
+    else:
+        print_fields(data)
 
 
 @chips.command(help="Show a chip's transitions, oldest first.")
@@ -156,5 +159,8 @@ def _command(
         shown = {k: v for k, v in result.items() if k != "qr_code"}
         if result.get("qr_code"):
             shown["qr_code"] = "(present: see `evochips chips qr`)"
-        print_json(result) if as_json else print_fields(shown)
+        if as_json:
+            print_json(result)
+        else:
+            print_fields(shown)
     return result

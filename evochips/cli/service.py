@@ -17,7 +17,7 @@ from evochips.cli.output import configure_logging, or_exit
 from evochips.db import Database
 from evochips.sandbox.config import DEFAULT_GLOBAL_KEY, SandboxConfig
 
-logger = logging.getLogger("evochips.cli")
+logger = logging.getLogger(__name__)
 
 SANDBOX_URL = "http://127.0.0.1:8080"
 # On shutdown, requests still running after this long are cancelled (a hung Evolution

@@ -1,6 +1,6 @@
 """Persistence: models, the engine and its transactions, and migrations."""
 
-from evochips.db.engine import DEFAULT_URL, Database, DatabaseUnavailable
+from evochips.db.engine import DEFAULT_URL, Database, DatabaseUnavailable, log_after_commit
 from evochips.db.models import Base, Chip, ChipTransition, WebhookEventRow
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "Database",
     "DatabaseUnavailable",
     "WebhookEventRow",
+    "log_after_commit",
 ]

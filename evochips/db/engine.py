@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,9 +29,10 @@ from sqlalchemy.ext.asyncio import (
 )
 
 DEFAULT_URL = "sqlite+aiosqlite:///./evochips.db"
-# How long a writer waits for SQLite's write lock before the request is answered 503;
-# well under Evolution's 30 s webhook timeout, so it retries instead of timing out.
-SQLITE_WRITE_WAIT_SECONDS = 10
+# How long a writer waits for its turn in this process, and then for SQLite's lock (held
+# by another process, say the CLI), before the request is answered 503: 10 s in all, well
+# under Evolution's 30 s webhook timeout, so it retries instead of timing out.
+SQLITE_WRITE_WAIT_SECONDS = 5
 # PostgreSQL errors that mean "not reachable or not ready", not "this request is wrong":
 # connection failures (class 08), no such database, bad credentials, no such table (the
 # schema is not migrated), too many connections, and a server starting or stopping.
@@ -75,9 +77,11 @@ class Database:
             self._writer_turn(),
             _unavailable_on_failure(),
             self._write_sessions() as session,
-            session.begin(),
         ):
-            yield session
+            async with session.begin():
+                yield session
+            for log, message, args in session.info.pop(_COMMITTED_LOGS, []):
+                log.info(message, *args)
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -135,6 +139,15 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
         raise DatabaseUnavailable(f"database unreachable ({type(exc).__name__})") from exc
 
 
+_COMMITTED_LOGS = "evochips.logs_after_commit"
+
+
+def log_after_commit(session: AsyncSession, log: logging.Logger, message: str, *args: Any) -> None:
+    """Log ``message`` once the session's transaction has committed, and not at all if it
+    rolls back: a log line must not say "applied" for a change the database refused."""
+    session.info.setdefault(_COMMITTED_LOGS, []).append((log, message, args))
+
+
 def _sqlstate(exc: DBAPIError) -> str:
     return str(getattr(exc.orig, "sqlstate", None) or "")
 
@@ -165,7 +178,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_WRITE_WAIT_SECONDS * 1000}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -228,9 +228,13 @@ def _parse_date_time(value: Any) -> datetime | None:
 
 
 def _int(value: Any) -> int | None:
-    """A status code as a number, from a number or a string of ASCII digits (B16)."""
-    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value.strip()[:6])
+    """A status code as a number, from a number or a short string of ASCII digits (some
+    relays send ``"401"``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 5):
+            return None
+        value = int(text)
     if isinstance(value, bool) or not isinstance(value, int):
         return None
     return value if 0 <= value <= MAX_STATUS_CODE else None

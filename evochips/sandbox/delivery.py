@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -204,7 +205,10 @@ class Deliverer:
             if attempt < attempts:
                 await asyncio.sleep(self._backoff(attempt))
         logger.info(
-            "sandbox gave up on %s to %s after %s", delivery.event, delivery.url, delivery.attempts
+            "sandbox gave up on %s to %s after %s",
+            delivery.event,
+            re.sub(r"/k/[^/]*", "/k/[secret]", delivery.url),
+            delivery.attempts,
         )
 
     def _backoff(self, attempt: int) -> float:
