@@ -73,10 +73,6 @@ class WebhookEvent:
     signal: Signal | None
     ignore_reason: str | None
 
-    @property
-    def handled(self) -> bool:
-        return self.event in HANDLED_EVENTS
-
 
 def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
     """Read a decoded webhook body; ``suffix`` is the by-events URL suffix, if any.
