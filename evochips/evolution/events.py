@@ -105,6 +105,19 @@ def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
     )
 
 
+def skimmed_event(event: str, instance: str | None, digest: str) -> WebhookEvent:
+    """An event evochips does not handle, known from the start of its body alone."""
+    return WebhookEvent(
+        event=event,
+        instance=_text(instance, MAX_INSTANCE_LENGTH),
+        date_time=None,
+        dedupe_key=digest,
+        stored_body=None,
+        signal=None,
+        ignore_reason="an event evochips does not handle",
+    )
+
+
 def redact(value: Any) -> Any:
     """A copy of ``value`` with tokens, API keys and QR codes replaced, and with text a
     database cannot store (NUL, lone surrogates) replaced by U+FFFD."""

@@ -22,10 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from evochips.db import Chip, Database, DatabaseUnavailable
-from evochips.evolution.events import read_event
+from evochips.evolution.events import read_event, skimmed_event
 from evochips.inbox import Outcome, record_webhook
 from evochips.lifecycle import ConcurrentChange
 from evochips.receiver.auth import is_authentic
+from evochips.receiver.body import BodyTooLarge, Skimmed, read_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ MAX_BODY_BYTES = 1024 * 1024
 # Evolution's bodies nest a dozen levels at most; far deeper JSON is not from Evolution.
 MAX_JSON_DEPTH = 64
 RETRY_AFTER_SECONDS = "5"
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 def create_app(
@@ -50,18 +47,21 @@ def create_app(
         if not is_authentic(request, webhook_secret):
             return _error(401, "missing or wrong webhook secret")
         try:
-            raw = await _read_body(request, max_body_bytes)
-        except _BodyTooLarge:
+            delivery = await read_delivery(request, max_body_bytes)
+        except BodyTooLarge:
             return _error(413, f"body larger than {max_body_bytes} bytes")
-        try:
-            body = json.loads(raw, parse_constant=_reject_constant)
-        except (ValueError, RecursionError):
-            logger.warning("webhook body is not JSON (%d bytes)", len(raw))
-            return _error(400, "body is not JSON")
-        if _deeper_than(body, MAX_JSON_DEPTH):
-            return _error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(delivery, Skimmed):
+            event = skimmed_event(delivery.event, delivery.instance, delivery.digest)
+        else:
+            try:
+                body = json.loads(delivery, parse_constant=_reject_constant)
+            except (ValueError, RecursionError):
+                logger.warning("webhook body is not JSON (%d bytes)", len(delivery))
+                return _error(400, "body is not JSON")
+            if _deeper_than(body, MAX_JSON_DEPTH):
+                return _error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
+            event = read_event(body, request.path_params.get("suffix"))
 
-        event = read_event(body, request.path_params.get("suffix"))
         try:
             result = await record_webhook(db, event)
         except DatabaseUnavailable as exc:
@@ -111,20 +111,6 @@ def create_app(
         exception_handlers={Exception: unexpected},
         lifespan=lifespan,
     )
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _reject_constant(name: str) -> None:
