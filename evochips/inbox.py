@@ -13,7 +13,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +30,8 @@ from evochips.statemachine import (
 )
 
 logger = logging.getLogger(__name__)
+
+NO_CHANGE = "changed nothing"
 
 
 class Outcome(enum.StrEnum):
@@ -87,11 +89,43 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
         except InvalidTransition as exc:
             return await _store_event(session, event, Outcome.IGNORED, str(exc), chip.id)
 
-        result = await _store_event(session, event, Outcome.APPLIED, None, chip.id)
+        change_note: str | None = None
+        if not decision.changed and signal.qr is None:
+            repeated = await _count_repeat(session, chip.id, event)
+            if repeated is not None:
+                await apply_decision(session, chip, decision, Source.WEBHOOK, facts, None)
+                return WebhookResult(Outcome.APPLIED, repeated, chip.id, decision, NO_CHANGE)
+            change_note = NO_CHANGE
+        result = await _store_event(session, event, Outcome.APPLIED, change_note, chip.id)
         if result.outcome is Outcome.APPLIED:
             await apply_decision(session, chip, decision, Source.WEBHOOK, facts, result.event_id)
             return WebhookResult(Outcome.APPLIED, result.event_id, chip.id, decision)
         return result
+
+
+async def _count_repeat(session: AsyncSession, chip_id: str, event: WebhookEvent) -> int | None:
+    """Count a delivery that changes nothing on the chip's last row, if that row is the
+    same event, which changed nothing either; returns that row's id, or None."""
+    last = (
+        await session.execute(
+            select(WebhookEventRow.id, WebhookEventRow.event, WebhookEventRow.detail)
+            .where(WebhookEventRow.chip_id == chip_id)
+            .order_by(WebhookEventRow.id.desc())
+            .limit(1)
+        )
+    ).first()
+    if last is None or (last.event, last.detail) != (event.event, NO_CHANGE):
+        return None
+    await session.execute(
+        update(WebhookEventRow)
+        .where(WebhookEventRow.id == last.id)
+        .values(
+            repeats=WebhookEventRow.repeats + 1,
+            last_received_at=utcnow(),
+            date_time=event.date_time,
+        )
+    )
+    return int(last.id)
 
 
 async def _store_event(

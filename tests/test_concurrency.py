@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from datetime import datetime
 
 import httpx
+from sqlalchemy import select
 
 from evochips import lifecycle
 from evochips.db import ChipTransition, Database, WebhookEventRow
@@ -75,3 +77,28 @@ async def test_concurrent_registrations_of_one_name_make_one_chip(db: Database) 
     assert len(chips) == 1
     assert all(isinstance(r, RegistrationConflict) for r in refused), refused
     assert await count(db, ChipTransition) == 1
+
+
+async def test_a_reconnect_storm_adds_neither_transitions_nor_rows(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    """Offline, Evolution sends ``connecting`` several times a second: here 10 a second
+    for a minute, by their date_time (our clock is never compared with it)."""
+    chip = await given_chip(db, "chip-0001", "pending", "close")
+    storm = [
+        _event("connecting", 200, second=0)
+        | {"date_time": f"2025-10-21T12:{i // 600:02d}:{i // 10 % 60:02d}.{i % 10}00Z"}
+        for i in range(600)
+    ]
+
+    for event in storm:
+        response = await receiver.post("/webhooks/evolution", json=event)
+        assert response.status_code == 200
+
+    history = await transitions(db, chip.id)
+    assert [row.trigger for row in history] == ["registered", "connecting"]
+    async with db.read() as session:
+        rows = (await session.scalars(select(WebhookEventRow))).all()
+    # The first delivery moved the chip; the second changed nothing and counts the rest.
+    assert [(row.outcome, row.repeats) for row in rows] == [("applied", 1), ("applied", 599)]
+    assert rows[-1].date_time == datetime(2025, 10, 21, 12, 0, 59, 900000)

@@ -120,6 +120,7 @@ class WebhookEventRow(Base):
             postgresql_where=text(KEY_OWNERS),
         ),
         Index("ix_webhook_events_instance_name", "instance_name"),
+        Index("ix_webhook_events_chip_id_id", "chip_id", "id"),
         Index("ix_webhook_events_received_at", "received_at"),
     )
 
@@ -132,6 +133,10 @@ class WebhookEventRow(Base):
     body: Mapped[dict[str, Any] | None] = mapped_column(Json)
     outcome: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(String(255))
+    # A delivery that changed nothing, repeated (a reconnect storm), is counted on the
+    # first one's row instead of adding a row each time.
+    repeats: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    last_received_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     chip_id: Mapped[str | None] = mapped_column(ForeignKey("chips.id", ondelete="RESTRICT"))
 
 
