@@ -196,7 +196,7 @@ def create_sandbox(
         if wants_qr:
             world.start_socket(instance)
             # Evolution waits 5 s for a QR to put in its answer (reference section 2.2).
-            await asyncio.sleep(config.seconds(5.0))
+            await world.settle_qr(instance, 5.0)
         answer = created_v1(instance) if v1 else created_v2(instance)
         if wants_qr:
             answer["qrcode"] = instance.qr.answer()
@@ -209,7 +209,7 @@ def create_sandbox(
             # Evolution merges the query into the route's params: ?number= asks for a
             # pairing code for this session (the instance's stored number is unchanged).
             world.start_socket(instance, digits(request.query_params.get("number")))
-            await asyncio.sleep(config.seconds(5.0 if v1 else 2.0))
+            await world.settle_qr(instance, 5.0 if v1 else 2.0)
         return JSONResponse(instance.qr.answer())
 
     async def connection_state(request: Request, instance: Instance) -> Response:

@@ -118,6 +118,19 @@ class World:
             "base64": instance.qr.base64,
         }})  # fmt: skip
 
+    async def settle_qr(self, instance: Instance, wait: float) -> None:
+        """Wait ``wait`` (scaled) for a QR, as Evolution does before answering create or
+        connect; with time scaled far down, also let a QR that is due arrive (within a
+        real second), so a busy machine does not turn a QR answer into ``count: 0``."""
+        await asyncio.sleep(self.config.seconds(wait))
+        if self.config.offline:
+            return
+        deadline = asyncio.get_running_loop().time() + 1.0
+        while instance.qr.code is None and instance.state == "connecting":
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.005)
+
     def refuse(self, instance: Instance) -> None:
         """The QR limit: one more QR was due, so the session ends (reference 3.4, step 2)."""
         self._stop_qr(instance)

@@ -30,7 +30,7 @@ class Loop:
     phone: httpx.AsyncClient  # the sandbox's control routes
     evolution_url: str
 
-    async def until(self, name: str, check: Callable[[Chip], bool], seconds: float = 15) -> Chip:
+    async def until(self, name: str, check: Callable[[Chip], bool], seconds: float = 30) -> Chip:
         """Wait for the chip to reach a state webhooks bring it to."""
         deadline = time.monotonic() + seconds
         while True:
@@ -55,7 +55,7 @@ class Loop:
             await asyncio.sleep(0.05)
         raise AssertionError(f"undelivered webhooks: {[d for d in sent if not d['delivered']]}")
 
-    async def settled(self, name: str, state: str, seconds: float = 15) -> None:
+    async def settled(self, name: str, state: str, seconds: float = 30) -> None:
         """Wait until the sandbox's instance is in ``state`` (an episode has played out)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
