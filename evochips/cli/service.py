@@ -39,7 +39,14 @@ SIMULATED = (
     envvar="EVOCHIPS_SANDBOX",
     help="Also run the Evolution API sandbox and point evochips at it (env EVOCHIPS_SANDBOX).",
 )
-def serve(host: str, port: int, sandbox: bool) -> None:
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Worker processes sharing the port (each its own database pool).",
+)
+def serve(host: str, port: int, sandbox: bool, workers: int) -> None:
     from evochips.receiver import create_app
 
     if sandbox:
@@ -49,6 +56,20 @@ def serve(host: str, port: int, sandbox: bool) -> None:
     os.environ.setdefault("EVOCHIPS_PUBLIC_URL", f"http://{local}:{port}")
     settings = or_exit(settings_module.load)
     configure_logging()
+    if workers > 1:
+        if sandbox:
+            raise click.ClickException("--sandbox keeps its state in one process: use 1 worker")
+        logger.info("evochips receiving Evolution webhooks at %s with %d workers",
+                    settings.webhook_url, workers)  # fmt: skip
+        uvicorn.run(
+            "evochips.receiver.asgi:app",
+            host=host,
+            port=port,
+            workers=workers,
+            access_log=False,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+        )
+        return
     db = Database(settings.database_url)
     app = create_app(db, settings.webhook_secret, on_shutdown=db.dispose)
     logger.info(
