@@ -16,6 +16,7 @@ import httpx
 import jwt
 import pytest
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from evochips import lifecycle
 from evochips.db import Database
@@ -324,3 +325,36 @@ async def test_a_failure_mid_transaction_leaves_nothing_and_logs_no_success(
     assert "webhook CONNECTION_UPDATE for 'chip-0001': applied" in caplog.text
     assert (await chip_named(db, "chip-0001")).status == "warming"
     assert chip.id == (await chip_named(db, "chip-0001")).id
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3, 4, 5])
+async def test_a_failure_before_any_statement_of_an_event_leaves_none_of_its_writes(
+    db: Database, receiver: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    """Applying an event is: lock the chip, insert the delivery, update the chip, append
+    history (and, for the fifth, nothing: the count runs past the last statement)."""
+    chip = await given_chip(db, "chip-0001", "pending", "connecting")
+    before = await steps(db, "chip-0001")
+    real_execute = AsyncSession.execute
+    statements = 0
+
+    async def execute(self: AsyncSession, *args: Any, **kwargs: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        if statements == failing:
+            raise OperationalError("injected", {}, ConnectionError("connection lost"))
+        return await real_execute(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AsyncSession, "execute", execute)
+        response = await receiver.post("/webhooks/evolution", json=OPEN)
+
+    if failing <= 4:
+        assert response.status_code == 503
+        assert await outcomes(db) == [] and await steps(db, "chip-0001") == before
+        response = await receiver.post("/webhooks/evolution", json=OPEN)  # Evolution retries
+    else:
+        assert statements == 4, "the injection must have had every statement to fail at"
+    assert response.json()["outcome"] == "applied"
+    assert (await steps(db, "chip-0001"))[-1] == "connected:pending->warming"
+    assert (await chip_named(db, "chip-0001")).id == chip.id
