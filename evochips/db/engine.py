@@ -29,6 +29,8 @@ from sqlalchemy.ext.asyncio import (
 )
 
 DEFAULT_URL = "sqlite+aiosqlite:///./evochips.db"
+# aiosqlite's DEBUG lines print every statement's parameters, QR codes included.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 # How long a writer waits for its turn in this process, and then for SQLite's lock (held
 # by another process, say the CLI), before the request is answered 503: 10 s in all, well
 # under Evolution's 30 s webhook timeout, so it retries instead of timing out.
