@@ -1,4 +1,4 @@
-"""Field cases about Evolution's answers to commands: B12, B20 and B21.
+"""Field cases about Evolution's answers to commands: B12, B18, B20 and B21.
 
 B19 (asyncpg behind pgbouncer in transaction mode) cannot run here: there is no pooler
 on this machine. SQLAlchemy's asyncpg dialect takes ``?prepared_statement_cache_size=0``
@@ -118,3 +118,24 @@ async def test_b21_a_wrong_key_is_a_permanent_error_with_no_retry(db: Database, 
     assert len(calls) == 1, "a 401 is never retried"
     assert (await chip_named(db, "chip-01")).id == chip.id
     assert (await chip_named(db, "chip-01")).status == "warming"
+
+
+async def test_b18_v1_and_v2_answers_are_both_understood() -> None:
+    root, create_v1, create_v2, fetch_v1, fetch_v2, delete_open_v1 = steps_of("B18")
+
+    async with evolution_with(lambda r: _answer(root), api_version=None) as client:
+        assert await client.api_version() == 1
+    hook = WebhookTarget("http://evochips.test/webhooks/evolution")
+    for step, version in ((create_v1, 1), (create_v2, 2)):
+        async with evolution_with(lambda r, s=step: _answer(s), api_version=version) as client:
+            created = await client.create_instance("chip-01", hook)
+        # evochips keeps no instance token (it uses the global key); the id is what it keeps.
+        assert created.instance_id == "00000000-0000-4000-8000-000000000001"
+    for step, version in ((fetch_v1, 1), (fetch_v2, 2)):
+        async with evolution_with(lambda r, s=step: _answer(s), api_version=version) as client:
+            info = await client.fetch_instance("chip-01")
+        assert info is not None and (info.name, info.state) == ("chip-01", "close")
+    async with evolution_with(lambda r: _answer(delete_open_v1), api_version=1) as client:
+        with pytest.raises(EvolutionRejected) as caught:
+            await client.delete("chip-01")
+    assert "needs to be disconnected" in caught.value.detail  # the manager logs out first
