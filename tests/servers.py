@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import uvicorn
 
+from tests.conftest import SECRET
+
 # Commands run outside the checkout, so a developer's .evochips.env cannot leak into them.
 NEUTRAL_DIR = tempfile.mkdtemp(prefix="evochips-cli-")
 
@@ -25,6 +27,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def receiver_env(database_url: str, port: int) -> dict[str, str]:
+    """Settings for an ``evochips serve`` that only receives webhooks (Evolution unused)."""
+    return {
+        "EVOLUTION_API_URL": "http://127.0.0.1:9",
+        "EVOLUTION_API_KEY": "unused",
+        "EVOCHIPS_DATABASE_URL": database_url,
+        "EVOCHIPS_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "EVOCHIPS_WEBHOOK_SECRET": SECRET,
+    }
 
 
 def evochips(*args: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:

@@ -10,9 +10,9 @@ import httpx
 
 from evochips.db import Database
 from tests.chips import given_chip
-from tests.conftest import AUTH, SAMPLES, SECRET, load_json
+from tests.conftest import AUTH, SAMPLES, load_json
 from tests.helpers import assert_history_consistent, outcomes, transitions
-from tests.servers import free_port, serving_evochips
+from tests.servers import free_port, receiver_env, serving_evochips
 
 
 def _event(state: str, reason: int, second: int) -> dict[str, object]:
@@ -27,13 +27,7 @@ def _event(state: str, reason: int, second: int) -> dict[str, object]:
 
 async def test_two_workers_keep_one_effect_and_one_history(database_url: str) -> None:
     port = free_port()
-    env = {
-        "EVOLUTION_API_URL": "http://127.0.0.1:9",
-        "EVOLUTION_API_KEY": "unused",
-        "EVOCHIPS_DATABASE_URL": database_url,
-        "EVOCHIPS_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "EVOCHIPS_WEBHOOK_SECRET": SECRET,
-    }
+    env = receiver_env(database_url, port)
     db = Database(database_url)
     chip = await given_chip(db, "chip-0001", "pending", "connecting")
     opened = load_json(SAMPLES / "v2-webhook-connection-update-open.json")

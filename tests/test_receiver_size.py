@@ -15,7 +15,7 @@ from evochips.receiver import create_app
 from tests.chips import given_chip
 from tests.conftest import AUTH, SAMPLES, SECRET, load_json
 from tests.helpers import count, outcomes
-from tests.servers import free_port, serving_evochips
+from tests.servers import free_port, receiver_env, serving_evochips
 
 MIB = 1024 * 1024
 
@@ -89,13 +89,7 @@ def _rss_kib(pid: int) -> int:
 
 async def test_a_50_mb_delivery_does_not_grow_the_server_by_50_mb(database_url: str) -> None:
     port = free_port()
-    env = {
-        "EVOLUTION_API_URL": "http://127.0.0.1:9",
-        "EVOLUTION_API_KEY": "unused",
-        "EVOCHIPS_DATABASE_URL": database_url,
-        "EVOCHIPS_PUBLIC_URL": f"http://127.0.0.1:{port}",
-        "EVOCHIPS_WEBHOOK_SECRET": SECRET,
-    }
+    env = receiver_env(database_url, port)
     with serving_evochips(port, env) as server:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=AUTH) as client:
             await client.post("/webhooks/evolution", content=_message(1024))  # warm up
