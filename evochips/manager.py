@@ -149,7 +149,8 @@ class InstanceManager:
         phone = normalise_phone(telefone)
         if chip_id is not None:
             _check_chip_id(chip_id)
-        # Learn the version first: if Evolution cannot be reached, nothing is written.
+        # The version shapes the request; when it is not known yet, asking for it also
+        # stops an unreachable Evolution before anything is written.
         await self._evolution.api_version()
         chip = await self._unconfirmed_chip(instance_name, phone, chip_id)
         finishing = chip is not None
