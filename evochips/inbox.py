@@ -20,13 +20,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from evochips.db import Chip, Database, WebhookEventRow, log_after_commit
 from evochips.db.models import KEY_OWNERS, utcnow
 from evochips.evolution.events import WebhookEvent
-from evochips.lifecycle import Facts, Source, apply_decision, is_live, is_stale, lock_chip
+from evochips.lifecycle import (
+    Facts,
+    Source,
+    apply_decision,
+    decide_for,
+    is_live,
+    is_stale,
+    lock_chip,
+)
 from evochips.statemachine import (
-    ChipStatus,
-    ConnectionState,
     Decision,
     InvalidTransition,
-    decide,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,12 +85,7 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
                 chip.id,
             )
         try:
-            decision = decide(
-                chip.instance_name,
-                signal.trigger,
-                ChipStatus(chip.status),
-                ConnectionState(chip.connection_state),
-            )
+            decision = decide_for(chip, signal.trigger)
         except InvalidTransition as exc:
             return await _store_event(session, event, Outcome.IGNORED, str(exc), chip.id)
 

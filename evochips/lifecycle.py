@@ -92,12 +92,7 @@ async def register(
                     f"chip {existing.id} already has instance {existing.instance_name!r} "
                     f"(status {existing.status})"
                 )
-            decision = decide(
-                existing.id,
-                Trigger.REGISTERED,
-                ChipStatus.DELETED,
-                ConnectionState(existing.connection_state),
-            )
+            decision = decide_for(existing, Trigger.REGISTERED)
             note = {"instance_name": instance_name, "previous_instance": existing.instance_name}
             reset = {
                 "instance_name": instance_name,
@@ -131,12 +126,7 @@ async def fire(
     """Apply ``trigger`` to a chip by id; raises ChipNotFound or InvalidTransition."""
     async with db.write() as session:
         chip = await _locked(session, chip_id)
-        decision = decide(
-            chip.instance_name,
-            trigger,
-            ChipStatus(chip.status),
-            ConnectionState(chip.connection_state),
-        )
+        decision = decide_for(chip, trigger)
         chip = await apply_decision(
             session, chip, decision, source, facts or Facts(), None, changes
         )
@@ -151,14 +141,19 @@ async def offer_qr(db: Database, chip_id: str, qr: QrImage, source: Source) -> b
         chip = await _locked(session, chip_id)
         if chip.connection_state == ConnectionState.OPEN:
             return False
-        decision = decide(
-            chip.instance_name,
-            Trigger.QR_UPDATED,
-            ChipStatus(chip.status),
-            ConnectionState(chip.connection_state),
-        )
+        decision = decide_for(chip, Trigger.QR_UPDATED)
         await apply_decision(session, chip, decision, source, Facts(qr=qr), None)
         return True
+
+
+def decide_for(chip: Chip, trigger: Trigger) -> Decision:
+    """What ``trigger`` does to a stored chip; raises InvalidTransition."""
+    return decide(
+        chip.instance_name,
+        trigger,
+        ChipStatus(chip.status),
+        ConnectionState(chip.connection_state),
+    )
 
 
 async def _locked(session: AsyncSession, chip_id: str) -> Chip:
@@ -231,18 +226,16 @@ def _qr_values(decision: Decision, qr: QrImage | None) -> dict[str, Any]:
     """The stored QR is the latest one while the chip waits for a scan, and nothing after."""
     if decision.trigger is Trigger.QR_UPDATED and qr is not None:
         return {"evolution_qr_code": qr.base64, "evolution_pairing_code": qr.pairing_code}
-    waiting = decision.to_connection in (ConnectionState.CONNECTING, ConnectionState.CLOSE)
-    if (
-        waiting
-        and decision.trigger is not Trigger.LOGGED_OUT
-        and decision.to_status
-        not in (
-            ChipStatus.BANNED,
-            ChipStatus.DELETED,
-        )
-    ):
-        return {}
-    return {"evolution_qr_code": None, "evolution_pairing_code": None}
+    cleared = {"evolution_qr_code": None, "evolution_pairing_code": None}
+    # Scanned, refused, or no longer wanted: the shown QR is spent.
+    if decision.to_connection in (ConnectionState.OPEN, ConnectionState.REFUSED):
+        return cleared
+    if decision.to_status in (ChipStatus.BANNED, ChipStatus.DELETED):
+        return cleared
+    # A logout ends the session the QR belonged to; a new one brings a new QR.
+    if decision.trigger is Trigger.LOGGED_OUT:
+        return cleared
+    return {}
 
 
 async def _append_history(
