@@ -7,9 +7,6 @@ in EVOCHIPS_DATABASE_URL for it, as the README says.
 
 from __future__ import annotations
 
-from typing import Any
-
-import httpx
 import pytest
 
 from evochips.db import Database
@@ -17,43 +14,21 @@ from evochips.evolution.errors import EvolutionRejected
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager
 from tests.chips import given_chip
-from tests.field_cases import steps_of
-from tests.helpers import chip_named, evolution_with, json_response, steps
+from tests.field_cases import answer, answering, steps_of
+from tests.helpers import chip_named, evolution_with, steps
 
 HOOK = WebhookTarget("http://evochips.test/webhooks/evolution")
 
 
-def _answer(step: dict[str, Any]) -> httpx.Response:
-    if "transport_error" in step:
-        kind = step["transport_error"]["type"].removeprefix("httpx.")
-        raise getattr(httpx, kind)(step["transport_error"].get("detail", kind))
-    response = step["response"]
-    body = response["body"]
-    if isinstance(body, str):
-        return httpx.Response(response["status"], text=body, headers=response["headers"])
-    return json_response(response["status"], body)
-
-
-def _serving(*answers: dict[str, Any]) -> tuple[list[str], Any]:
-    queue = list(answers)
-    calls: list[str] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        calls.append(f"{request.method} {request.url.path}")
-        return _answer(queue.pop(0))
-
-    return calls, handler
-
-
 async def test_b12_a_missing_route_is_not_a_missing_instance(db: Database) -> None:
     put_404, post_404, error_in_200, restarted = steps_of("B12")
-    async with evolution_with(lambda r: _answer(put_404), api_version=1) as client:
+    async with evolution_with(lambda r: answer(put_404), api_version=1) as client:
         with pytest.raises(EvolutionRejected) as caught:
             await client.restart("chip-01")
     assert type(caught.value) is EvolutionRejected and "Cannot PUT" in str(caught.value)
 
     chip = await given_chip(db, "chip-01", "warming", "open")
-    calls, handler = _serving(put_404)
+    calls, handler = answering(put_404)
     manager = InstanceManager(db, evolution_with(handler, api_version=1), HOOK)
     result = await manager.reconectar_instancia("chip-01", chip.id)
     assert result["sucesso"] is False and "Cannot PUT" in result["error"]
@@ -65,14 +40,14 @@ async def test_b12_a_missing_route_is_not_a_missing_instance(db: Database) -> No
     qr = {"response": {"status": 200, "body": {"pairingCode": None, "code": "2@x,y,z,w",
                                                "base64": "data:image/png;base64,AA==",
                                                "count": 1}}}  # fmt: skip
-    calls, handler = _serving(error_in_200, qr)
+    calls, handler = answering(error_in_200, qr)
     manager = InstanceManager(db, evolution_with(handler), HOOK)
     result = await manager.reconectar_instancia("chip-02", closed.id)
     assert result["sucesso"] is True and result["qr_code"] == "data:image/png;base64,AA=="
     assert calls == ["POST /instance/restart/chip-02", "GET /instance/connect/chip-02"]
 
     # An open chip: restart answers the state shape; the real outcome comes by webhook.
-    calls, handler = _serving(restarted)
+    calls, handler = answering(restarted)
     manager = InstanceManager(db, evolution_with(handler), HOOK)
     result = await manager.reconectar_instancia("chip-01", chip.id)
     assert result["sucesso"] is True and "connected" in result["message"]
@@ -84,7 +59,7 @@ async def test_b20_evolution_down_or_slow_changes_no_chip(db: Database, index: i
     step = steps_of("B20")[index]
     name = step["request"]["path"].rsplit("/", 1)[1]
     chip = await given_chip(db, name, "warming", "open")
-    calls, handler = _serving(*[step] * 3)
+    calls, handler = answering(*[step] * 3)
     manager = InstanceManager(db, evolution_with(handler, read_attempts=3), HOOK)
 
     if "connectionState" in step["request"]["path"]:
@@ -104,7 +79,7 @@ async def test_b20_evolution_down_or_slow_changes_no_chip(db: Database, index: i
 async def test_b21_a_wrong_key_is_a_permanent_error_with_no_retry(db: Database, index: int) -> None:
     step = steps_of("B21")[index]
     chip = await given_chip(db, "chip-01", "warming", "open")
-    calls, handler = _serving(*[step] * 3)
+    calls, handler = answering(*[step] * 3)
     manager = InstanceManager(db, evolution_with(handler, read_attempts=3), HOOK)
 
     if step["request"]["path"] == "/instance/create":
@@ -123,19 +98,19 @@ async def test_b21_a_wrong_key_is_a_permanent_error_with_no_retry(db: Database, 
 async def test_b18_v1_and_v2_answers_are_both_understood() -> None:
     root, create_v1, create_v2, fetch_v1, fetch_v2, delete_open_v1 = steps_of("B18")
 
-    async with evolution_with(lambda r: _answer(root), api_version=None) as client:
+    async with evolution_with(lambda r: answer(root), api_version=None) as client:
         assert await client.api_version() == 1
     hook = WebhookTarget("http://evochips.test/webhooks/evolution")
     for step, version in ((create_v1, 1), (create_v2, 2)):
-        async with evolution_with(lambda r, s=step: _answer(s), api_version=version) as client:
+        async with evolution_with(lambda r, s=step: answer(s), api_version=version) as client:
             created = await client.create_instance("chip-01", hook)
         # evochips keeps no instance token (it uses the global key); the id is what it keeps.
         assert created.instance_id == "00000000-0000-4000-8000-000000000001"
     for step, version in ((fetch_v1, 1), (fetch_v2, 2)):
-        async with evolution_with(lambda r, s=step: _answer(s), api_version=version) as client:
+        async with evolution_with(lambda r, s=step: answer(s), api_version=version) as client:
             info = await client.fetch_instance("chip-01")
         assert info is not None and (info.name, info.state) == ("chip-01", "close")
-    async with evolution_with(lambda r: _answer(delete_open_v1), api_version=1) as client:
+    async with evolution_with(lambda r: answer(delete_open_v1), api_version=1) as client:
         with pytest.raises(EvolutionRejected) as caught:
             await client.delete("chip-01")
     assert "needs to be disconnected" in caught.value.detail  # the manager logs out first

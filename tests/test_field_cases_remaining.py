@@ -9,24 +9,17 @@ reconciliation's job), and comparing the paired number with the registered one (
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from evochips.db import Database
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager
 from tests.chips import given_chip
-from tests.field_cases import deliver, steps_of
-from tests.helpers import assert_history_consistent, chip_named, evolution_with, json_response
+from tests.field_cases import answering, deliver, steps_of
+from tests.helpers import assert_history_consistent, chip_named, evolution_with
 from tests.helpers import steps as history
 
 HOOK = WebhookTarget("http://evochips.test/webhooks/evolution")
-
-
-def _serving(*answers: dict[str, Any]) -> Any:
-    queue = list(answers)
-    return lambda request: json_response(queue[0]["status"], queue.pop(0)["body"])
 
 
 async def test_b02_a_flapping_connection_is_recorded_whole_and_calls_nothing(
@@ -49,8 +42,8 @@ async def test_b02_a_flapping_connection_is_recorded_whole_and_calls_nothing(
 async def test_b06_count_zero_is_no_qr_and_the_chip_keeps_waiting(db: Database) -> None:
     no_qr, still_connecting, _watchdog = steps_of("B06")
     await given_chip(db, "chip-01", "pending", "connecting")
-    manager = InstanceManager(db, evolution_with(_serving(no_qr["response"],
-                              still_connecting["response"])), HOOK)  # fmt: skip
+    _, handler = answering(no_qr, still_connecting)
+    manager = InstanceManager(db, evolution_with(handler), HOOK)
 
     qr = await manager.obter_qr_code("chip-01")
     state = await manager.verificar_conexao("chip-01")
@@ -65,7 +58,7 @@ async def test_b06_count_zero_is_no_qr_and_the_chip_keeps_waiting(db: Database) 
 
 async def test_b08_evolution_saying_open_is_not_a_pairing(db: Database) -> None:
     created_open, listed_open, bad_integration, not_connected = steps_of("B08")
-    manager = InstanceManager(db, evolution_with(_serving(created_open["response"])), HOOK)
+    manager = InstanceManager(db, evolution_with(answering(created_open)[1]), HOOK)
 
     result = await manager.criar_instancia("chip-01", "5511900000001")
 
@@ -76,13 +69,13 @@ async def test_b08_evolution_saying_open_is_not_a_pairing(db: Database) -> None:
     assert (chip.status, chip.connection_state, chip.owner_jid) == ("pending", "close", None)
     assert listed_open["response"]["body"][0]["ownerJid"] is None
 
-    manager = InstanceManager(db, evolution_with(_serving(bad_integration["response"])), HOOK)
+    manager = InstanceManager(db, evolution_with(answering(bad_integration)[1]), HOOK)
     refused = await manager.criar_instancia("chip-09", "5511900000009")
     assert refused["sucesso"] is False and "Invalid integration" in refused["error"]
     assert (await chip_named(db, "chip-09")).status == "deleted"
 
     stale = await given_chip(db, "chip-10", "warming", "open")
-    manager = InstanceManager(db, evolution_with(_serving(not_connected["response"])), HOOK)
+    manager = InstanceManager(db, evolution_with(answering(not_connected)[1]), HOOK)
     logged_out = await manager.desconectar_instancia("chip-10", stale.id)
     assert logged_out["sucesso"] is True
     assert (await chip_named(db, "chip-10")).connection_state == "close"
@@ -103,7 +96,7 @@ async def test_b14_an_instance_removed_by_evolution_deletes_its_chip(
 
     # A polled 404 is reported, and the chip left for reconciliation to judge.
     await given_chip(db, "chip-03", "pending", "close")
-    manager = InstanceManager(db, evolution_with(_serving(polled_404["response"])), HOOK)
+    manager = InstanceManager(db, evolution_with(answering(polled_404)[1]), HOOK)
     result = await manager.verificar_conexao("chip-03")
     assert result["sucesso"] is False and "does not exist" in result["error"]
     assert (await chip_named(db, "chip-03")).status == "pending"
