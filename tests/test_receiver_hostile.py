@@ -307,7 +307,7 @@ async def test_a_failure_mid_transaction_leaves_nothing_and_logs_no_success(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    chip = await given_chip(db, "chip-0001", "pending", "connecting")
+    await given_chip(db, "chip-0001", "pending", "connecting")
     caplog.set_level(logging.INFO)
 
     async def lost_connection(*args: Any, **kwargs: Any) -> None:
@@ -324,7 +324,6 @@ async def test_a_failure_mid_transaction_leaves_nothing_and_logs_no_success(
     assert redelivered.json()["outcome"] == "applied"
     assert "webhook CONNECTION_UPDATE for 'chip-0001': applied" in caplog.text
     assert (await chip_named(db, "chip-0001")).status == "warming"
-    assert chip.id == (await chip_named(db, "chip-0001")).id
 
 
 @pytest.mark.parametrize("failing", [1, 2, 3, 4, 5])
@@ -333,7 +332,7 @@ async def test_a_failure_before_any_statement_of_an_event_leaves_none_of_its_wri
 ) -> None:
     """Applying an event is: lock the chip, insert the delivery, update the chip, append
     history (and, for the fifth, nothing: the count runs past the last statement)."""
-    chip = await given_chip(db, "chip-0001", "pending", "connecting")
+    await given_chip(db, "chip-0001", "pending", "connecting")
     before = await steps(db, "chip-0001")
     real_execute = AsyncSession.execute
     statements = 0
@@ -357,4 +356,3 @@ async def test_a_failure_before_any_statement_of_an_event_leaves_none_of_its_wri
         assert statements == 4, "the injection must have had every statement to fail at"
     assert response.json()["outcome"] == "applied"
     assert (await steps(db, "chip-0001"))[-1] == "connected:pending->warming"
-    assert (await chip_named(db, "chip-0001")).id == chip.id

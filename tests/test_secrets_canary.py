@@ -28,7 +28,7 @@ async def test_no_secret_reaches_logs_bodies_or_metadata(
     db: Database, receiver: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    chip = await given_chip(db, "chip-0002", "pending", "close")
+    await given_chip(db, "chip-0002", "pending", "close")
     qr = load_json(SAMPLES / "v2-webhook-qrcode-updated-pairing-code.json")
     qr["apikey"] = INSTANCE_TOKEN
     qr["data"]["qrcode"] |= {"code": QR_CODE, "base64": QR_IMAGE, "pairingCode": PAIRING}
@@ -66,4 +66,4 @@ async def test_no_secret_reaches_logs_bodies_or_metadata(
                         *(("metadata", m) for m in metas)]:  # fmt: skip
         for secret in secrets:
             assert secret not in text, f"a secret reached the {place}"
-    assert chip.id and len(bodies) >= 3 and len(metas) >= 3
+    assert len(bodies) >= 3 and len(metas) >= 3, "the canary must have stored something"
