@@ -1,16 +1,20 @@
 """Evolution's webhook deliveries: each one stored, and applied to its chip at most once.
 
 A delivery is applied in one transaction with its chip locked: a copy of one seen before
-is recorded as ``duplicate``, one older than the last event applied to the chip as
-``stale``, one the state machine refuses or evochips does not handle as ``ignored``, and
-one for an instance no chip has (yet) as ``unmatched``. Only an ``applied`` delivery
-changes the chip.
+is recorded as ``duplicate``, one the state machine refuses or evochips does not handle as
+``ignored``, and one for an instance no chip has (yet) as ``unmatched``.
+
+Evolution delivers out of order, so a delivery older (by Evolution's ``date_time``) than
+one already applied is ``stale``: it is not applied on top of the newer state but folded
+in, by replaying the chip's deliveries since its baseline in ``date_time`` order. The
+chip then ends where in-order delivery would have left it, whatever the arrival order.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, text, update
@@ -19,24 +23,30 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from evochips.db import Chip, Database, WebhookEventRow, log_after_commit
 from evochips.db.models import KEY_OWNERS, utcnow
-from evochips.evolution.events import WebhookEvent
+from evochips.evolution.events import Signal, WebhookEvent
 from evochips.lifecycle import (
     Facts,
+    QrEffect,
     Source,
     apply_decision,
     decide_for,
-    is_live,
     is_stale,
-    lock_chip,
+    qr_effect,
+    qr_values,
 )
 from evochips.statemachine import (
+    ChipStatus,
+    ConnectionState,
     Decision,
     InvalidTransition,
+    Trigger,
+    decide,
 )
 
 logger = logging.getLogger(__name__)
 
 NO_CHANGE = "changed nothing"
+REPLAYED = "arrived after a newer event; replayed in Evolution's order"
 
 
 class Outcome(enum.StrEnum):
@@ -45,6 +55,11 @@ class Outcome(enum.StrEnum):
     STALE = "stale"
     IGNORED = "ignored"
     UNMATCHED = "unmatched"
+
+
+# Deliveries a replay goes through: a duplicate's original is among them already, and an
+# ignored one is tried again because its place in the order may have changed.
+_REPLAYABLE = [Outcome.APPLIED.value, Outcome.STALE.value, Outcome.IGNORED.value]
 
 
 @dataclass(frozen=True)
@@ -57,17 +72,18 @@ class WebhookResult:
 
 
 async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
-    """Store a delivery and apply it to its chip if it is new, current and allowed."""
+    """Store a delivery and apply it to its chip if it is new and allowed; a late one is
+    folded in by replaying the chip's deliveries in Evolution's order."""
     signal = event.signal
     if signal is None or event.instance is None:
         async with db.write() as session:
             return await _store_event(session, event, Outcome.IGNORED, event.ignore_reason)
 
     async with db.write() as session:
-        chip = await lock_chip(session, is_live(event.instance))
+        chip = await _lock_chip_for(session, event.instance)
         if chip is None:
-            outcome, detail = await _without_chip(session, event.instance)
-            return await _store_event(session, event, outcome, detail)
+            detail = f"no chip has instance {event.instance!r}"
+            return await _store_event(session, event, Outcome.UNMATCHED, detail)
 
         facts = Facts(
             status_reason=signal.status_reason,
@@ -77,21 +93,25 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
             evolution_date_time=event.date_time,
         )
         if is_stale(event.date_time, chip.evolution_date_time):
-            return await _store_event(
-                session,
-                event,
-                Outcome.STALE,
-                "older than the last event applied to the chip",
-                chip.id,
-            )
+            return await _fold_late(session, chip, event, signal.trigger, facts)
         try:
             decision = decide_for(chip, signal.trigger)
         except InvalidTransition as exc:
-            return await _store_event(session, event, Outcome.IGNORED, str(exc), chip.id)
+            detail = str(exc)
+            if chip.status == ChipStatus.DELETED:
+                detail = f"chip {chip.id} for instance {event.instance!r} is deleted"
+            if event.date_time is not None:
+                # Refused, but received: an event older than this one is late all the same.
+                await session.execute(
+                    update(Chip)
+                    .where(Chip.id == chip.id)
+                    .values(evolution_date_time=event.date_time, version=Chip.version + 1)
+                )
+            return await _store_event(session, event, Outcome.IGNORED, detail, chip.id)
 
         change_note: str | None = None
-        if not decision.changed and signal.qr is None:
-            repeated = await _count_repeat(session, chip.id, event)
+        if _changes_nothing(chip, decision, signal):
+            repeated = await _count_repeat(session, chip.id, event, signal)
             if repeated is not None:
                 await apply_decision(session, chip, decision, Source.WEBHOOK, facts, None)
                 return WebhookResult(Outcome.APPLIED, repeated, chip.id, decision, NO_CHANGE)
@@ -103,18 +123,144 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
         return result
 
 
-async def _count_repeat(session: AsyncSession, chip_id: str, event: WebhookEvent) -> int | None:
+async def _lock_chip_for(session: AsyncSession, instance: str) -> Chip | None:
+    """The live chip with this instance name or, if none, the one deleted last: a late
+    event for a removed instance still belongs to the chip it described."""
+    result = await session.execute(
+        select(Chip)
+        .where(Chip.instance_name == instance)
+        .order_by(Chip.deleted_at.desc().nulls_first())
+        .limit(1)
+        .with_for_update()
+    )
+    return result.scalar_one_or_none()
+
+
+async def _fold_late(
+    session: AsyncSession, chip: Chip, event: WebhookEvent, trigger: Trigger, facts: Facts
+) -> WebhookResult:
+    """A delivery older than one already applied: the chip becomes what it would be had
+    the deliveries since its baseline arrived in Evolution's order, so a late event never
+    takes a chip back to a state a newer event has already left."""
+    if is_stale(event.date_time, chip.baseline_date_time):
+        detail = "older than the last change evochips made to the chip"
+        return await _store_event(session, event, Outcome.STALE, detail, chip.id)
+    stored = await _store_event(session, event, Outcome.STALE, REPLAYED, chip.id)
+    if stored.outcome is not Outcome.STALE:
+        return stored
+    window = await _since_baseline(session, chip)
+    replay = _replay(chip, window)
+    effect, shown_by = replay.qr
+    if effect is QrEffect.SHOW and shown_by != stored.event_id:
+        qr = {}  # the QR on show came from a delivery applied before, and is stored already
+    else:
+        qr = qr_values(effect, facts.qr)
+    decision = Decision(
+        trigger=trigger,
+        from_status=ChipStatus(chip.status),
+        to_status=replay.status,
+        from_connection=ConnectionState(chip.connection_state),
+        to_connection=replay.connection,
+    )
+    changes = {
+        "status_reason": replay.status_reason,
+        "evolution_qr_code": chip.evolution_qr_code,
+        "evolution_pairing_code": chip.evolution_pairing_code,
+        **qr,
+    }
+    late = Facts(
+        status_reason=facts.status_reason,
+        wuid=facts.wuid,
+        profile_name=facts.profile_name,
+        evolution_date_time=facts.evolution_date_time,
+        note={"late": True, "replayed": len(window)},
+    )
+    await apply_decision(session, chip, decision, Source.WEBHOOK, late, stored.event_id, changes)
+    return WebhookResult(Outcome.STALE, stored.event_id, chip.id, decision, REPLAYED)
+
+
+@dataclass(frozen=True)
+class _Past:
+    """A delivery as a replay needs it."""
+
+    id: int
+    trigger: Trigger
+    status_reason: int | None
+
+
+@dataclass(frozen=True)
+class _Replay:
+    status: ChipStatus
+    connection: ConnectionState
+    status_reason: int | None
+    qr: tuple[QrEffect | None, int | None]
+
+
+async def _since_baseline(session: AsyncSession, chip: Chip) -> list[_Past]:
+    """The chip's deliveries since its baseline, in Evolution's order. Those without a
+    date_time were applied as they came, so they sort after every dated one."""
+    since = [WebhookEventRow.chip_id == chip.id, WebhookEventRow.id > chip.baseline_event_id]
+    if chip.baseline_date_time is not None:
+        floor = WebhookEventRow.date_time >= chip.baseline_date_time
+        since.append(WebhookEventRow.date_time.is_(None) | floor)
+    rows = await session.execute(
+        select(WebhookEventRow.id, WebhookEventRow.trigger, WebhookEventRow.status_reason)
+        .where(WebhookEventRow.outcome.in_(_REPLAYABLE), *since)
+        .order_by(WebhookEventRow.date_time.asc().nulls_last(), WebhookEventRow.id)
+    )
+    return [_Past(row.id, Trigger(row.trigger), row.status_reason) for row in rows if row.trigger]
+
+
+def _replay(chip: Chip, window: Sequence[_Past]) -> _Replay:
+    status = ChipStatus(chip.baseline_status)
+    connection = ConnectionState(chip.baseline_connection)
+    status_reason = chip.baseline_status_reason
+    qr: tuple[QrEffect | None, int | None] = (None, None)
+    for row in window:
+        try:
+            step = decide(chip.instance_name, row.trigger, status, connection)
+        except InvalidTransition:
+            continue  # as it was when it arrived: a deleted chip takes no signal
+        status, connection = step.to_status, step.to_connection
+        if row.status_reason is not None:
+            status_reason = row.status_reason
+        effect = qr_effect(step)
+        if effect is not None:
+            qr = (effect, row.id)
+    return _Replay(status, connection, status_reason, qr)
+
+
+def _changes_nothing(chip: Chip, decision: Decision, signal: Signal) -> bool:
+    if decision.changed or signal.qr is not None:
+        return False
+    return signal.status_reason is None or signal.status_reason == chip.status_reason
+
+
+async def _count_repeat(
+    session: AsyncSession, chip_id: str, event: WebhookEvent, signal: Signal
+) -> int | None:
     """Count a delivery that changes nothing on the chip's last row, if that row is the
-    same event, which changed nothing either; returns that row's id, or None."""
+    same signal, which changed nothing either; returns that row's id, or None.
+
+    The row keeps the newest ``date_time`` of the run. A replay then sees the run as its
+    last member alone, which is enough: each repeat found the chip as the one before it
+    left it, and applying a signal twice in a row does what applying it once does."""
     last = (
         await session.execute(
-            select(WebhookEventRow.id, WebhookEventRow.event, WebhookEventRow.detail)
+            select(
+                WebhookEventRow.id,
+                WebhookEventRow.event,
+                WebhookEventRow.detail,
+                WebhookEventRow.trigger,
+                WebhookEventRow.status_reason,
+            )
             .where(WebhookEventRow.chip_id == chip_id)
             .order_by(WebhookEventRow.id.desc())
             .limit(1)
         )
     ).first()
-    if last is None or (last.event, last.detail) != (event.event, NO_CHANGE):
+    seen = (event.event, NO_CHANGE, signal.trigger.value, signal.status_reason)
+    if last is None or tuple(last[1:]) != seen:
         return None
     await session.execute(
         update(WebhookEventRow)
@@ -146,6 +292,8 @@ async def _store_event(
         "outcome": outcome.value,
         "detail": (detail or "")[:255] or None,
         "chip_id": chip_id,
+        "trigger": event.signal.trigger.value if event.signal else None,
+        "status_reason": event.signal.status_reason if event.signal else None,
     }
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     first = (
@@ -169,10 +317,3 @@ async def _store_event(
         session, logger, "webhook %s for %r: %s", event.event, event.instance, outcome.value
     )
     return WebhookResult(outcome, event_id, chip_id, None, detail)
-
-
-async def _without_chip(session: AsyncSession, instance: str) -> tuple[Outcome, str]:
-    deleted = await session.scalar(select(Chip.id).where(Chip.instance_name == instance).limit(1))
-    if deleted is not None:
-        return Outcome.IGNORED, f"chip {deleted} for instance {instance!r} is deleted"
-    return Outcome.UNMATCHED, f"no chip has instance {instance!r}"

@@ -180,7 +180,7 @@ async def apply_decision(
         "evolution_connected": decision.to_connection is ConnectionState.OPEN,
         "version": chip.version + 1,
         "updated_at": now,
-        **_qr_values(decision, facts.qr),
+        **qr_values(qr_effect(decision), facts.qr),
     }
     if facts.status_reason is not None:
         values["status_reason"] = facts.status_reason
@@ -194,6 +194,8 @@ async def apply_decision(
     if decision.to_status is ChipStatus.DELETED and chip.deleted_at is None:
         values["deleted_at"] = now
     values.update(changes or {})
+    if decision.changed and source is not Source.WEBHOOK:
+        values.update(_baseline(chip, values))
 
     result = await session.execute(
         update(Chip)
@@ -222,19 +224,32 @@ async def apply_decision(
     return updated
 
 
-def _qr_values(decision: Decision, qr: QrImage | None) -> dict[str, Any]:
-    """The stored QR is the latest one while the chip waits for a scan, and nothing after."""
-    if decision.trigger is Trigger.QR_UPDATED and qr is not None:
-        return {"evolution_qr_code": qr.base64, "evolution_pairing_code": qr.pairing_code}
-    cleared = {"evolution_qr_code": None, "evolution_pairing_code": None}
+class QrEffect(enum.Enum):
+    SHOW = "show"
+    SPEND = "spend"
+
+
+def qr_effect(decision: Decision) -> QrEffect | None:
+    """What a decision does to the stored QR: the chip shows the latest one while it waits
+    for a scan, and none after; None leaves it as it is."""
+    if decision.trigger is Trigger.QR_UPDATED:
+        return QrEffect.SHOW
     # Scanned, refused, or no longer wanted: the shown QR is spent.
     if decision.to_connection in (ConnectionState.OPEN, ConnectionState.REFUSED):
-        return cleared
+        return QrEffect.SPEND
     if decision.to_status in (ChipStatus.BANNED, ChipStatus.DELETED):
-        return cleared
+        return QrEffect.SPEND
     # A logout ends the session the QR belonged to; a new one brings a new QR.
     if decision.trigger is Trigger.LOGGED_OUT:
-        return cleared
+        return QrEffect.SPEND
+    return None
+
+
+def qr_values(effect: QrEffect | None, qr: QrImage | None) -> dict[str, Any]:
+    if effect is QrEffect.SHOW and qr is not None:
+        return {"evolution_qr_code": qr.base64, "evolution_pairing_code": qr.pairing_code}
+    if effect is QrEffect.SPEND:
+        return {"evolution_qr_code": None, "evolution_pairing_code": None}
     return {}
 
 
@@ -270,6 +285,23 @@ async def _append_history(
     )
 
 
+def _baseline(chip: Chip, values: dict[str, Any]) -> dict[str, Any]:
+    """A change evochips made itself becomes the point late webhooks are replayed from:
+    it has no Evolution date_time to be ordered by, so it is not replayed itself."""
+    last_event = (
+        select(func.coalesce(func.max(WebhookEventRow.id), 0))
+        .where(WebhookEventRow.chip_id == chip.id)
+        .scalar_subquery()
+    )
+    return {
+        "baseline_status": values["status"],
+        "baseline_connection": values["connection_state"],
+        "baseline_status_reason": values.get("status_reason", chip.status_reason),
+        "baseline_date_time": values.get("evolution_date_time", chip.evolution_date_time),
+        "baseline_event_id": last_event,
+    }
+
+
 def _metadata(facts: Facts) -> dict[str, Any]:
     """Small, secret-free context for a history row: never tokens, keys or QR codes."""
     meta: dict[str, Any] = dict(facts.note)
@@ -296,6 +328,10 @@ async def _insert_chip(
         connection_state=ConnectionState.CLOSE.value,
         evolution_connected=False,
         evolution_date_time=evolution_date_time,
+        baseline_status=ChipStatus.PENDING.value,
+        baseline_connection=ConnectionState.CLOSE.value,
+        baseline_event_id=0,
+        baseline_date_time=evolution_date_time,
         version=1,
         created_at=now,
         updated_at=now,

@@ -101,6 +101,15 @@ class Chip(Base):
     # Evolution's date_time of the last applied event: server-local time labelled UTC, so
     # it is stored naive and compared only with other Evolution date_time values.
     evolution_date_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    # The chip as evochips itself last left it (registration, a command or a poll) and the
+    # last delivery it had seen then. A late webhook is folded in by replaying, from this
+    # baseline, every later delivery in Evolution's date_time order; one older than
+    # ``baseline_date_time`` predates the baseline and is only recorded.
+    baseline_status: Mapped[str] = mapped_column(String(16))
+    baseline_connection: Mapped[str] = mapped_column(String(16))
+    baseline_status_reason: Mapped[int | None] = mapped_column(Integer)
+    baseline_event_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    baseline_date_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -138,6 +147,10 @@ class WebhookEventRow(Base):
     repeats: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     last_received_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     chip_id: Mapped[str | None] = mapped_column(ForeignKey("chips.id", ondelete="RESTRICT"))
+    # What the delivery told the state machine, kept so that late deliveries can be
+    # replayed in order without reading bodies again.
+    trigger: Mapped[str | None] = mapped_column(String(32))
+    status_reason: Mapped[int | None] = mapped_column(Integer)
 
 
 class ChipTransition(Base):
