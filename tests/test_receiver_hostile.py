@@ -356,3 +356,39 @@ async def test_a_failure_before_any_statement_of_an_event_leaves_none_of_its_wri
         assert statements == 4, "the injection must have had every statement to fail at"
     assert response.json()["outcome"] == "applied"
     assert (await steps(db, "chip-0001"))[-1] == "connected:pending->warming"
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3, 4, 5, 6])
+async def test_a_failure_at_any_statement_of_a_late_event_leaves_none_of_its_writes(
+    db: Database, receiver: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    """A late event takes one statement more: lock the chip, insert the delivery, read the
+    deliveries to replay, update the chip, append history (the sixth runs past the end)."""
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    close = _event({"state": "close", "statusReason": 428}, date_time="2025-10-21T12:05:00Z")
+    await receiver.post("/webhooks/evolution", json=close)
+    before = (await steps(db, "chip-0001"), await outcomes(db))
+    real_execute = AsyncSession.execute
+    statements = 0
+
+    async def execute(self: AsyncSession, *args: Any, **kwargs: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        if statements == failing:
+            raise OperationalError("injected", {}, ConnectionError("connection lost"))
+        return await real_execute(self, *args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(AsyncSession, "execute", execute)
+        response = await receiver.post("/webhooks/evolution", json=OPEN)  # 12:04:45, late
+
+    if failing <= 5:
+        assert response.status_code == 503
+        assert (await steps(db, "chip-0001"), await outcomes(db)) == before
+        response = await receiver.post("/webhooks/evolution", json=OPEN)
+    else:
+        assert statements == 5, "the injection must have had every statement to fail at"
+    assert response.json()["outcome"] == "stale"
+    assert (await steps(db, "chip-0001"))[-1] == "connected:pending->warming"
+    chip = await chip_named(db, "chip-0001")
+    assert (chip.status, chip.connection_state) == ("warming", "close")
