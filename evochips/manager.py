@@ -2,8 +2,8 @@
 
 The method names and the dicts they return are the original Portuguese API, kept as it
 was so existing callers keep working. Every method returns a dict: ``sucesso`` is True on
-success, and on failure it is False with an ``error`` sentence; no exception escapes for
-an Evolution, database or validation failure.
+success, and on failure it is False with an ``error`` sentence and an ``error_code`` (see
+``ERROR_CODES``); no exception escapes for an Evolution, database or validation failure.
 
 Each command keeps Evolution calls outside database transactions: it reads or writes the
 chip in one short transaction, calls Evolution, then records what Evolution answered in
@@ -26,8 +26,10 @@ from evochips.evolution.errors import (
     EvolutionError,
     EvolutionProtocolError,
     EvolutionRejected,
+    EvolutionTimeout,
     EvolutionUnavailable,
     InstanceNameInUse,
+    InstanceNotFound,
 )
 from evochips.evolution.events import QrImage
 from evochips.evolution.shapes import (
@@ -38,7 +40,13 @@ from evochips.evolution.shapes import (
     QrCode,
     WebhookTarget,
 )
-from evochips.lifecycle import ChipNotFound, Facts, RegistrationConflict, Source
+from evochips.lifecycle import (
+    ChipNotFound,
+    ConcurrentChange,
+    Facts,
+    RegistrationConflict,
+    Source,
+)
 from evochips.receiver.auth import TOKEN_HEADER
 from evochips.settings import Settings
 from evochips.statemachine import LIFECYCLE_TRIGGERS, InvalidTransition, Trigger
@@ -69,16 +77,34 @@ class _Unconfirmed(EvolutionUnavailable):
             "finish, or delete it"
         )
         self.fields = {"chip_id": chip.id, "instance_name": chip.instance_name}
+        # Whether Evolution was too slow or out of reach, as the cause says.
+        self.code = error_code(cause)
 
 
-_EXPECTED_FAILURES = (
-    EvolutionError,
-    DatabaseUnavailable,
-    InvalidTransition,
-    ChipNotFound,
-    RegistrationConflict,
-    InvalidInput,
+# Each expected failure with the ``error_code`` its dict carries, most specific first, so
+# that callers (the HTTP API) can tell failures apart without parsing sentences.
+ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidInput, "invalid_input"),
+    (ChipNotFound, "not_found"),
+    (RegistrationConflict, "name_in_use"),
+    (InstanceNameInUse, "name_in_use"),
+    (InvalidTransition, "invalid_transition"),
+    (ConcurrentChange, "concurrent_change"),
+    (DatabaseUnavailable, "database_unavailable"),
+    (InstanceNotFound, "instance_missing"),
+    (EvolutionTimeout, "evolution_timeout"),
+    (EvolutionUnavailable, "evolution_unavailable"),
+    (EvolutionRejected, "evolution_rejected"),
+    (EvolutionProtocolError, "evolution_protocol_error"),
 )
+_EXPECTED_FAILURES = tuple(kind for kind, _ in ERROR_CODES)
+
+
+def error_code(exc: Exception) -> str:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str):
+        return code
+    return next(name for kind, name in ERROR_CODES if isinstance(exc, kind))
 
 
 def _command(
@@ -94,7 +120,13 @@ def _command(
             except _EXPECTED_FAILURES as exc:
                 logger.info("%s failed: %s", method.__name__, exc)
                 fields = getattr(exc, "fields", {})
-                return {"sucesso": False, **on_failure, **fields, "error": str(exc)}
+                return {
+                    "sucesso": False,
+                    **on_failure,
+                    **fields,
+                    "error": str(exc),
+                    "error_code": error_code(exc),
+                }
 
         return run
 
