@@ -34,6 +34,10 @@ from evochips.statemachine import (
 logger = logging.getLogger(__name__)
 
 
+# An arbitrary constant naming the PostgreSQL advisory lock that orders history rows.
+HISTORY_ORDER_LOCK = 0x65766F63
+
+
 class Source(enum.StrEnum):
     COMMAND = "command"
     WEBHOOK = "webhook"
@@ -262,6 +266,7 @@ async def _append_history(
     webhook_event_id: int | None,
     now: datetime,
 ) -> None:
+    await _take_history_turn(session)
     next_seq = (
         select(func.coalesce(func.max(ChipTransition.seq), 0) + 1)
         .where(ChipTransition.chip_id == chip_id)
@@ -302,6 +307,14 @@ def _baseline(chip: Chip, values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def _take_history_turn(session: AsyncSession) -> None:
+    """History ids must follow commit order, or a reader paging the fleet-wide feed by id
+    could pass an id whose row commits later. On PostgreSQL writers take turns from here
+    to their commit (a few milliseconds); SQLite has a single writer already."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(HISTORY_ORDER_LOCK)))
+
+
 def _metadata(facts: Facts) -> dict[str, Any]:
     """Small, secret-free context for a history row: never tokens, keys or QR codes."""
     meta: dict[str, Any] = dict(facts.note)
@@ -337,6 +350,7 @@ async def _insert_chip(
         updated_at=now,
     )
     session.add(chip)
+    await _take_history_turn(session)
     session.add(
         ChipTransition(
             chip_id=chip_id,

@@ -1,10 +1,17 @@
-"""Read-only questions people ask of the fleet and its audit trail."""
+"""Read-only questions people ask of the fleet and its audit trail.
+
+Lists come in pages ordered by a key that never changes (keyset pagination): a page
+starts strictly after the last row of the one before, so rows inserted meanwhile never
+make a page repeat or skip a row that was already there.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select, tuple_
 
 from evochips.db.engine import Database
 from evochips.db.models import Chip, ChipTransition
@@ -39,6 +46,35 @@ TRANSITION_FIELDS = (
     "webhook_event_id",
     "meta",
 )
+FEED_FIELDS = ("id", "chip_id", *TRANSITION_FIELDS)
+
+K = TypeVar("K")
+
+
+@dataclass(frozen=True)
+class Page(Generic[K]):
+    """Rows, and the key of the last one (to ask for the next page with)."""
+
+    rows: list[dict[str, Any]]
+    last: K | None
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class ChipFilter:
+    status: str | None = None
+    connection_state: str | None = None
+    connected: bool | None = None
+    include_deleted: bool = False
+
+
+@dataclass(frozen=True)
+class TransitionFilter:
+    since: datetime | None = None
+    until: datetime | None = None
+    source: str | None = None
+    trigger: str | None = None
+    status: str | None = None
 
 
 async def list_chips(db: Database, *, include_deleted: bool = False) -> list[dict[str, Any]]:
@@ -48,6 +84,27 @@ async def list_chips(db: Database, *, include_deleted: bool = False) -> list[dic
     async with db.read() as session:
         chips = (await session.scalars(query)).all()
     return [chip_dict(chip) for chip in chips]
+
+
+async def chips_page(
+    db: Database, where: ChipFilter, after: tuple[datetime, str] | None, limit: int
+) -> Page[tuple[datetime, str]]:
+    """Chips in creation order (then id), after the chip whose key is ``after``."""
+    query = select(Chip).order_by(Chip.created_at, Chip.id)
+    if not where.include_deleted and where.status != "deleted":
+        query = query.where(Chip.deleted_at.is_(None))
+    if where.status is not None:
+        query = query.where(Chip.status == where.status)
+    if where.connection_state is not None:
+        query = query.where(Chip.connection_state == where.connection_state)
+    if where.connected is not None:
+        query = query.where(Chip.evolution_connected.is_(where.connected))
+    if after is not None:
+        query = query.where(tuple_(Chip.created_at, Chip.id) > tuple_(*after))
+    chips = await _page(db, query, limit)
+    shown = chips[:limit]
+    last = (shown[-1].created_at, shown[-1].id) if shown else after
+    return Page([chip_dict(chip) for chip in shown], last, len(chips) > limit)
 
 
 async def find(db: Database, name_or_id: str) -> Chip | None:
@@ -63,19 +120,60 @@ async def find(db: Database, name_or_id: str) -> Chip | None:
 
 
 async def history(db: Database, chip_id: str) -> list[dict[str, Any]]:
-    async with db.read() as session:
-        rows = (
-            await session.scalars(
-                select(ChipTransition)
-                .where(ChipTransition.chip_id == chip_id)
-                .order_by(ChipTransition.seq)
-            )
-        ).all()
-    return [{name: getattr(row, name) for name in TRANSITION_FIELDS} for row in rows]
+    page = await history_page(db, chip_id, after_seq=0, limit=None)
+    return page.rows
+
+
+async def history_page(db: Database, chip_id: str, after_seq: int, limit: int | None) -> Page[int]:
+    """A chip's transitions, oldest first, after sequence number ``after_seq``."""
+    query = (
+        select(ChipTransition)
+        .where(ChipTransition.chip_id == chip_id, ChipTransition.seq > after_seq)
+        .order_by(ChipTransition.seq)
+    )
+    rows = await _page(db, query, limit)
+    shown = rows if limit is None else rows[:limit]
+    last = shown[-1].seq if shown else after_seq
+    more = limit is not None and len(rows) > limit
+    return Page([_fields(row, TRANSITION_FIELDS) for row in shown], last, more)
+
+
+async def transitions_page(
+    db: Database, where: TransitionFilter, after_id: int, limit: int
+) -> Page[int]:
+    """The fleet's transitions in the order they were committed (see
+    ``lifecycle._append_history``), after ``after_id``."""
+    query = select(ChipTransition).where(ChipTransition.id > after_id).order_by(ChipTransition.id)
+    if where.since is not None:
+        query = query.where(ChipTransition.created_at >= where.since)
+    if where.until is not None:
+        query = query.where(ChipTransition.created_at < where.until)
+    if where.source is not None:
+        query = query.where(ChipTransition.source == where.source)
+    if where.trigger is not None:
+        query = query.where(ChipTransition.trigger == where.trigger)
+    if where.status is not None:
+        query = query.where(ChipTransition.to_status == where.status)
+    rows = await _page(db, query, limit)
+    shown = rows[:limit]
+    last = shown[-1].id if shown else after_id
+    return Page([_fields(row, FEED_FIELDS) for row in shown], last, len(rows) > limit)
 
 
 def chip_dict(chip: Chip) -> dict[str, Any]:
     """A chip's public fields; the QR and pairing code are reported as present or not."""
-    data = {name: getattr(chip, name) for name in CHIP_FIELDS}
+    data = _fields(chip, CHIP_FIELDS)
     data["has_qr_code"] = chip.evolution_qr_code is not None
     return data
+
+
+async def _page(db: Database, query: Select[Any], limit: int | None) -> list[Any]:
+    """One more row than asked for, which tells whether another page follows."""
+    if limit is not None:
+        query = query.limit(limit + 1)
+    async with db.read() as session:
+        return list((await session.scalars(query)).all())
+
+
+def _fields(row: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
