@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError
 from evochips.db import DEFAULT_URL
 
 MIN_SECRET_LENGTH = 32
+MIN_API_KEY_LENGTH = 24
 
 
 class SettingsError(Exception):
@@ -31,6 +32,8 @@ class Settings:
     evolution_api_version: int | None
     public_url: str
     webhook_secret: str
+    # Bearer keys for /api/v1; several at once so one can be rotated without downtime.
+    api_keys: tuple[str, ...] = ()
 
     @property
     def webhook_url(self) -> str:
@@ -75,7 +78,23 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         evolution_api_version=_version(env),
         public_url=_http_url(env, "EVOCHIPS_PUBLIC_URL"),
         webhook_secret=_secret(env),
+        api_keys=api_keys(env),
     )
+
+
+def api_keys(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``EVOCHIPS_API_KEYS``, comma-separated; unset means the HTTP API refuses everyone."""
+    env = os.environ if env is None else env
+    keys = tuple(key.strip() for key in env.get("EVOCHIPS_API_KEYS", "").split(","))
+    keys = tuple(key for key in keys if key)
+    for position, key in enumerate(keys, start=1):
+        printable = key.isascii() and key.isprintable() and " " not in key
+        if len(key) < MIN_API_KEY_LENGTH or not printable:
+            raise SettingsError(
+                f"EVOCHIPS_API_KEYS: key {position} must be at least {MIN_API_KEY_LENGTH} "
+                "printable ASCII characters, without spaces."
+            )
+    return keys
 
 
 def _required(env: Mapping[str, str], name: str) -> str:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from evochips.db import Database
+from evochips.db import Base, Database
 from evochips.db.migrate import upgrade
 from evochips.receiver import create_app
 
@@ -47,7 +47,8 @@ def _asyncpg_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-_TRUNCATE = "TRUNCATE chip_transitions, webhook_events, chips RESTART IDENTITY CASCADE"
+# Every table the models define, so a new one cannot carry rows from test to test.
+_TRUNCATE = f"TRUNCATE {', '.join(Base.metadata.tables)} RESTART IDENTITY CASCADE"
 
 
 async def _admin(sql: str, url: str = POSTGRES_ADMIN_URL) -> None:

@@ -14,7 +14,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from evochips import settings as settings_module
 from evochips.cli.output import configure_logging, or_exit
-from evochips.db import Database
 from evochips.sandbox.config import DEFAULT_GLOBAL_KEY, SandboxConfig
 
 logger = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ SIMULATED = (
     help="Worker processes sharing the port (each its own database pool).",
 )
 def serve(host: str, port: int, sandbox: bool, workers: int) -> None:
-    from evochips.receiver import create_app
+    from evochips.receiver.service import build_app
 
     if sandbox:
         os.environ.setdefault("EVOLUTION_API_URL", SANDBOX_URL)
@@ -70,8 +69,7 @@ def serve(host: str, port: int, sandbox: bool, workers: int) -> None:
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
         return
-    db = Database(settings.database_url)
-    app = create_app(db, settings.webhook_secret, on_shutdown=db.dispose)
+    app = build_app(settings)
     logger.info(
         "evochips receiving Evolution webhooks at %s; Evolution API at %s",
         settings.webhook_url,

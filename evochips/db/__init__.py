@@ -1,7 +1,7 @@
 """Persistence: models, the engine and its transactions, and migrations."""
 
 from evochips.db.engine import DEFAULT_URL, Database, DatabaseUnavailable, log_after_commit
-from evochips.db.models import Base, Chip, ChipTransition, WebhookEventRow
+from evochips.db.models import Base, Chip, ChipTransition, IdempotencyKey, WebhookEventRow
 
 __all__ = [
     "DEFAULT_URL",
@@ -10,6 +10,7 @@ __all__ = [
     "ChipTransition",
     "Database",
     "DatabaseUnavailable",
+    "IdempotencyKey",
     "WebhookEventRow",
     "log_after_commit",
 ]

@@ -175,3 +175,18 @@ class ChipTransition(Base):
         BigId, ForeignKey("webhook_events.id", ondelete="RESTRICT")
     )
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class IdempotencyKey(Base):
+    """A request made with an ``Idempotency-Key``: the first one is answered and its answer
+    kept, so a retry with the same key and body gets that answer instead of a second
+    effect. ``status_code`` is None while the first request is still being answered."""
+
+    __tablename__ = "idempotency_keys"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -11,16 +11,19 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from evochips.api.errors import ApiError
+from evochips.api.responses import error_response
 from evochips.db import Chip, Database, DatabaseUnavailable
 from evochips.evolution.events import read_event, skimmed_event
 from evochips.inbox import Outcome, record_webhook
@@ -42,7 +45,10 @@ def create_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    api: Sequence[BaseRoute] = (),
 ) -> Starlette:
+    """The receiver's routes, plus ``api`` (see ``evochips.api``) when given."""
+
     async def receive(request: Request) -> Response:
         if not is_authentic(request, webhook_secret):
             return _error(401, "missing or wrong webhook secret")
@@ -89,7 +95,21 @@ def create_app(
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unexpected error on %s %s", request.method, _loggable(request.url.path))
+        if _is_api(request):
+            return error_response(ApiError("internal", "internal error"))
         return _error(500, "internal error", retry=True)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if not _is_api(request):
+            return _error(exc.status_code, exc.detail)
+        code = "method_not_allowed" if exc.status_code == 405 else "not_found"
+        response = error_response(
+            ApiError(code, f"{request.method} {request.url.path}: {exc.detail}")
+        )
+        response.status_code = exc.status_code
+        response.headers.update(exc.headers or {})
+        return response
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -107,10 +127,15 @@ def create_app(
             Route(base + "/{suffix:path}", receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            *api,
         ],
-        exception_handlers={Exception: unexpected},
+        exception_handlers={Exception: unexpected, HTTPException: http_error},
         lifespan=lifespan,
     )
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
 
 
 def _reject_constant(name: str) -> None:
