@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import io
 import json
 from pathlib import Path
 
 import pytest
 
-from evochips import settings
+from evochips import lifecycle, settings
+from evochips.db import Database
+from evochips.lifecycle import Source
 from evochips.settings import SettingsError
+from evochips.statemachine import Trigger
+from tests.chips import given_chip
 from tests.conftest import SECRET
 from tests.servers import evochips
 
@@ -111,3 +118,51 @@ def _sqlite(tmp_path: Path) -> str:
 def test_v1_webhook_url_carries_the_secret_in_the_path() -> None:
     loaded = settings.load(GOOD)
     assert loaded.headerless_webhook_url == (f"http://127.0.0.1:8000/webhooks/evolution/k/{SECRET}")
+
+
+@pytest.mark.parametrize(
+    "keys", ["short", "key-ok-0123456789abcdefghij,tiny", "key with spaces 0123456789abc\t"]
+)
+def test_a_bad_api_key_is_named_by_position(keys: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        settings.load({**GOOD, "EVOCHIPS_API_KEYS": keys})
+    assert str(caught.value).startswith("EVOCHIPS_API_KEYS: key ")
+
+
+def test_api_keys_are_read_comma_separated() -> None:
+    keys = " key-a-0123456789abcdefghij, ,key-b-0123456789abcdefghij"
+    loaded = settings.load({**GOOD, "EVOCHIPS_API_KEYS": keys})
+    assert loaded.api_keys == ("key-a-0123456789abcdefghij", "key-b-0123456789abcdefghij")
+    assert settings.load(GOOD).api_keys == ()
+
+
+async def test_audit_export_streams_jsonl_and_csv_and_continues_after_an_id(
+    db: Database, database_url: str
+) -> None:
+    first = await given_chip(db, "chip-01", "warming", "open")
+    await given_chip(db, "chip-02", "pending", "close")
+    env = {"EVOCHIPS_DATABASE_URL": database_url}
+
+    exported = await asyncio.to_thread(evochips, "audit", "export", env=env)
+    assert exported.returncode == 0, exported.stderr
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [(row["chip_id"], row["trigger"]) for row in rows] == [
+        (first.id, "registered"),
+        (first.id, "connected"),
+        (rows[2]["chip_id"], "registered"),
+    ]
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+
+    await lifecycle.fire(db, first.id, Trigger.PROMOTE, Source.COMMAND)
+    later = await asyncio.to_thread(
+        evochips, "audit", "export", "--after-id", str(rows[-1]["id"]), "--format", "csv", env=env
+    )
+    table = list(csv.DictReader(io.StringIO(later.stdout)))
+    assert [(row["trigger"], row["to_status"]) for row in table] == [("promote", "ready")]
+
+    only = await asyncio.to_thread(
+        evochips, "audit", "export", "--trigger", "connected", "--since", "2000-01-01", env=env
+    )
+    assert [json.loads(line)["trigger"] for line in only.stdout.splitlines()] == ["connected"]
+    bad = await asyncio.to_thread(evochips, "audit", "export", "--since", "yesterday", env=env)
+    assert bad.returncode == 2 and "--since" in bad.stderr

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 from dotenv import load_dotenv
 
+from evochips.cli.audit import audit
 from evochips.cli.chips import chips
 from evochips.cli.service import migrate, sandbox, serve
 
@@ -27,6 +28,7 @@ cli.add_command(serve)
 cli.add_command(sandbox)
 cli.add_command(migrate)
 cli.add_command(chips)
+cli.add_command(audit)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
