@@ -46,7 +46,7 @@ def test_every_error_response_the_document_references_is_defined() -> None:
 
 
 def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
-    database_url: str,
+    database_url: str, tmp_path: Path
 ) -> None:
     sandbox_port, port = free_port(), free_port()
     env = {
@@ -88,6 +88,7 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
     ):
         result = subprocess.run(
             command,
+            cwd=tmp_path,  # schemathesis keeps its example database in the working directory
             capture_output=True,
             text=True,
             timeout=600,
