@@ -272,10 +272,10 @@ async def test_evolution_unreachable_is_an_error_and_writes_nothing(db: Database
     result = await manager.criar_instancia("chip-0001", "5511900000001")
 
     assert result["sucesso"] is False and "unreachable" in result["error"]
-    assert result["chip_id"] is None
+    assert (result["chip_id"], result["error_code"]) == (None, "evolution_unavailable")
     assert await manager.obter_qr_code("chip-0001") == {
         "sucesso": False, "qr_code": None, "code": None, "connected": False,
-        "error": "no chip has instance 'chip-0001'",
+        "error": "no chip has instance 'chip-0001'", "error_code": "not_found",
     }  # fmt: skip
 
 
