@@ -49,6 +49,7 @@ class FakeInstance:
     instance_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     state: str = "connecting"
     qr_count: int = 0
+    webhook_url: str | None = None
 
 
 @dataclass
@@ -101,6 +102,8 @@ class FakeEvolution:
             return self._create(headers, body)
         if (method, path) == ("GET", "/instance/fetchInstances"):
             return self._fetch(query.get("instanceName"))
+        if method == "GET" and path.startswith("/webhook/find/"):
+            return self._find_webhook(path.rsplit("/", 1)[-1])
         match = re.fullmatch(r"/instance/(\w+)/([^/]+)", path)
         if match is None:
             return 404, json.dumps(_error(404, "Not Found", [f"Cannot {method} {path}"]))
@@ -129,7 +132,11 @@ class FakeEvolution:
             return status, _named(text, RECORDED_NAME, name)
         if headers.get("apikey") != GLOBAL_KEY:
             return recorded("03")
-        instance = FakeInstance(name=name, token=body.get("token") or str(uuid.uuid4()).upper())
+        instance = FakeInstance(
+            name=name,
+            token=body.get("token") or str(uuid.uuid4()).upper(),
+            webhook_url=(body.get("webhook") or {}).get("url"),
+        )
         self.instances[name] = instance
         status, text = recorded("04")
         answer = json.loads(_named(text, RECORDED_NAME, name))
@@ -152,6 +159,16 @@ class FakeEvolution:
             for i in chosen
         ]  # fmt: skip
         return 200, json.dumps(rows)
+
+    def _find_webhook(self, name: str) -> tuple[int, str]:
+        instance = self.instances.get(name)
+        if instance is None:
+            status, text = recorded("23")
+            return status, _named(text, "doesnotexist", name)
+        status, text = recorded("13")
+        answer = json.loads(text)
+        answer.update(url=instance.webhook_url, instanceId=instance.instance_id)
+        return status, json.dumps(answer)
 
     def _connect(self, instance: FakeInstance) -> tuple[int, str]:
         if instance.state == "open":

@@ -156,6 +156,10 @@ class EvolutionClient:
             return DeleteOutcome.ABSENT
         return DeleteOutcome.DELETED
 
+    async def fetch_instances(self) -> list[InstanceInfo]:
+        """Every instance the server has (the global key sees them all)."""
+        return parse_instances(await self._request("GET", "/instance/fetchInstances"))
+
     async def fetch_instance(self, name: str) -> InstanceInfo | None:
         """The instance as Evolution lists it, or None when it has no such instance."""
         try:

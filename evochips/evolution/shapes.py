@@ -67,6 +67,8 @@ class InstanceInfo:
     instance_id: str | None
     state: str | None
     owner_jid: str | None
+    # Why its last session closed (v2 only): 401 logged out, 403 banned, ...
+    disconnection_reason: int | None = None
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,14 @@ def parse_instances(answer: Any) -> list[InstanceInfo]:
             state, owner = row.get("connectionStatus"), row.get("ownerJid")
         if not isinstance(name, str):
             raise EvolutionProtocolError("fetchInstances listed an instance without a name")
+        reason = row.get("disconnectionReasonCode")
         parsed.append(
             InstanceInfo(
                 name=name,
                 instance_id=text_or_none(instance_id, MAX_ID),
                 state=text_or_none(state),
                 owner_jid=text_or_none(owner),
+                disconnection_reason=reason if type(reason) is int else None,
             )
         )
     return parsed
