@@ -42,6 +42,7 @@ class Source(enum.StrEnum):
     COMMAND = "command"
     WEBHOOK = "webhook"
     POLL = "poll"
+    RECONCILE = "reconcile"
 
 
 class ChipNotFound(LookupError):
@@ -75,7 +76,12 @@ class Applied:
 
 
 async def register(
-    db: Database, instance_name: str, telefone: str, chip_id: str | None = None
+    db: Database,
+    instance_name: str,
+    telefone: str,
+    chip_id: str | None = None,
+    *,
+    source: Source = Source.COMMAND,
 ) -> Chip:
     """Write a new ``pending`` chip, or re-attach a deleted chip to a new instance.
 
@@ -89,7 +95,7 @@ async def register(
             floor = await _last_seen(session, instance_name)
             if existing is None:
                 return await _insert_chip(
-                    session, chip_id or str(uuid.uuid4()), instance_name, telefone, floor
+                    session, chip_id or str(uuid.uuid4()), instance_name, telefone, floor, source
                 )
             if existing.status != ChipStatus.DELETED:
                 raise RegistrationConflict(
@@ -109,7 +115,7 @@ async def register(
                 "profile_name": None,
             }
             chip = await apply_decision(
-                session, existing, decision, Source.COMMAND, Facts(note=note), None, reset
+                session, existing, decision, source, Facts(note=note), None, reset
             )
             return chip
     except IntegrityError as exc:
@@ -197,6 +203,8 @@ async def apply_decision(
         values["evolution_date_time"] = facts.evolution_date_time
     if decision.to_status is ChipStatus.DELETED and chip.deleted_at is None:
         values["deleted_at"] = now
+    if chip.stuck_since is not None and _unsticks(decision, facts):
+        values["stuck_since"] = None
     values.update(changes or {})
     if decision.changed and source is not Source.WEBHOOK:
         values.update(_baseline(chip, values))
@@ -255,6 +263,14 @@ def qr_values(effect: QrEffect | None, qr: QrImage | None) -> dict[str, Any]:
     if effect is QrEffect.SPEND:
         return {"evolution_qr_code": None, "evolution_pairing_code": None}
     return {}
+
+
+def _unsticks(decision: Decision, facts: Facts) -> bool:
+    """A stuck chip (see ``evochips.reconcile``) moves again once a QR comes, it opens, or
+    it leaves ``pending``."""
+    shows_qr = qr_effect(decision) is QrEffect.SHOW and facts.qr is not None
+    opened = decision.to_connection is ConnectionState.OPEN
+    return shows_qr or opened or decision.to_status is not ChipStatus.PENDING
 
 
 async def _append_history(
@@ -331,6 +347,7 @@ async def _insert_chip(
     instance_name: str,
     telefone: str,
     evolution_date_time: datetime | None,
+    source: Source,
 ) -> Chip:
     now = utcnow()
     chip = Chip(
@@ -360,7 +377,7 @@ async def _insert_chip(
             from_connection=None,
             to_connection=ConnectionState.CLOSE.value,
             trigger=Trigger.REGISTERED.value,
-            source=Source.COMMAND.value,
+            source=source.value,
             meta={"instance_name": instance_name},
             created_at=now,
         )

@@ -149,16 +149,7 @@ class InstanceManager:
 
     @classmethod
     def from_settings(cls, settings: Settings, db: Database | None = None) -> InstanceManager:
-        evolution = EvolutionClient(
-            settings.evolution_api_url,
-            settings.evolution_api_key,
-            api_version=settings.evolution_api_version,
-        )
-        webhook = WebhookTarget(
-            url=settings.webhook_url,
-            headers={TOKEN_HEADER: settings.webhook_secret},
-            headerless_url=settings.headerless_webhook_url,
-        )
+        evolution, webhook = evolution_from_settings(settings)
         if db is not None:
             return cls(db, evolution, webhook)
         return cls(Database(settings.database_url), evolution, webhook, owns_db=True)
@@ -385,6 +376,21 @@ class InstanceManager:
             )
         except (InvalidTransition, DatabaseUnavailable) as forget_exc:
             logger.warning("chip %s could not be marked rejected: %s", chip.id, forget_exc)
+
+
+def evolution_from_settings(settings: Settings) -> tuple[EvolutionClient, WebhookTarget]:
+    """The Evolution client, and where its instances are to post their webhooks."""
+    evolution = EvolutionClient(
+        settings.evolution_api_url,
+        settings.evolution_api_key,
+        api_version=settings.evolution_api_version,
+    )
+    webhook = WebhookTarget(
+        url=settings.webhook_url,
+        headers={TOKEN_HEADER: settings.webhook_secret},
+        headerless_url=settings.headerless_webhook_url,
+    )
+    return evolution, webhook
 
 
 V1_DELETE_PAUSES = (0.5, 1.0, 2.0)

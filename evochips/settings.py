@@ -34,6 +34,11 @@ class Settings:
     webhook_secret: str
     # Bearer keys for /api/v1; several at once so one can be rotated without downtime.
     api_keys: tuple[str, ...] = ()
+    # Reconciliation (see evochips.reconcile): seconds between passes (0: never), what to
+    # do with an instance evochips created that has no chip, and when a chip is stuck.
+    reconcile_interval: float = 60.0
+    reconcile_orphans: str = "report"
+    stuck_after: float = 600.0
 
     @property
     def webhook_url(self) -> str:
@@ -79,7 +84,30 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         public_url=_http_url(env, "EVOCHIPS_PUBLIC_URL"),
         webhook_secret=_secret(env),
         api_keys=api_keys(env),
+        reconcile_interval=_seconds(env, "EVOCHIPS_RECONCILE_INTERVAL", 60.0),
+        reconcile_orphans=_orphans(env),
+        stuck_after=_seconds(env, "EVOCHIPS_STUCK_AFTER", 600.0),
     )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400 * 7:
+        raise SettingsError(f"{name} must be a number of seconds from 0 to 604800, not {value!r}.")
+    return seconds
+
+
+def _orphans(env: Mapping[str, str]) -> str:
+    value = env.get("EVOCHIPS_RECONCILE_ORPHANS", "").strip() or "report"
+    if value not in ("report", "adopt"):
+        raise SettingsError(f"EVOCHIPS_RECONCILE_ORPHANS must be report or adopt, not {value!r}.")
+    return value
 
 
 def api_keys(env: Mapping[str, str] | None = None) -> tuple[str, ...]:

@@ -353,6 +353,12 @@ def _schemas(statuses: list[str], connections: list[str], lifecycle: list[str]) 
                     "description": "Evolution's date_time of the last event: the Evolution "
                     "server's local time, without an offset.",
                 },
+                "stuck_since": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "Since when reconciliation has seen this pending chip "
+                    "wait without a QR; null when it is not stuck.",
+                },
                 "version": {"type": "integer"},
                 "created_at": time,
                 "updated_at": time,

@@ -14,6 +14,7 @@ from dotenv import load_dotenv
 
 from evochips.cli.audit import audit
 from evochips.cli.chips import chips
+from evochips.cli.reconcile import reconcile
 from evochips.cli.service import migrate, sandbox, serve
 
 ENV_FILE = ".evochips.env"
@@ -29,6 +30,7 @@ cli.add_command(sandbox)
 cli.add_command(migrate)
 cli.add_command(chips)
 cli.add_command(audit)
+cli.add_command(reconcile)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

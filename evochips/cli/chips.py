@@ -35,7 +35,10 @@ def list_chips(include_deleted: bool, as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    columns = ("instance_name", "status", "connection_state", "telefone", "updated_at", "id")
+    for row in rows:
+        row["stuck"] = "stuck" if row["stuck_since"] else ""
+    columns = ("instance_name", "status", "connection_state", "stuck", "telefone", "updated_at",
+               "id")  # fmt: skip
     print_table(columns, rows)
 
 

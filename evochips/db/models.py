@@ -110,6 +110,9 @@ class Chip(Base):
     baseline_status_reason: Mapped[int | None] = mapped_column(Integer)
     baseline_event_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     baseline_date_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    # Set by reconciliation when a pending chip has waited too long without a QR (Evolution
+    # can stay "connecting" with no QR for ever); cleared when a QR comes or the chip opens.
+    stuck_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -190,3 +193,13 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     response: Mapped[dict[str, Any] | None] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Lease(Base):
+    """A job only one replica may run at a time: whoever holds an unexpired lease runs it."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime)

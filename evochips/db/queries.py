@@ -28,6 +28,7 @@ CHIP_FIELDS = (
     "owner_jid",
     "profile_name",
     "evolution_date_time",
+    "stuck_since",
     "version",
     "created_at",
     "updated_at",

@@ -7,11 +7,12 @@ that can never succeed gets a 4xx; anything that may succeed later gets 503.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from sqlalchemy import select
@@ -46,8 +47,10 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     api: Sequence[BaseRoute] = (),
+    background: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> Starlette:
-    """The receiver's routes, plus ``api`` (see ``evochips.api``) when given."""
+    """The receiver's routes, plus ``api`` (see ``evochips.api``) when given, and a
+    ``background`` job that runs while the app serves."""
 
     async def receive(request: Request) -> Response:
         if not is_authentic(request, webhook_secret):
@@ -113,7 +116,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        job = asyncio.create_task(background()) if background is not None else None
         yield
+        if job is not None:
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
         if on_shutdown is not None:
             await on_shutdown()
 

@@ -1,0 +1,54 @@
+"""``evochips reconcile``: compare the database with Evolution once, and correct it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import click
+
+from evochips import settings as settings_module
+from evochips.cli.output import or_exit, print_json, print_table
+from evochips.db import Database, DatabaseUnavailable
+from evochips.evolution.errors import EvolutionError
+from evochips.manager import evolution_from_settings
+from evochips.reconcile import Reconciler, Report, run_once
+
+
+@click.command(help="Compare every chip with Evolution's instances once, and correct them.")
+@click.option("--dry-run", is_flag=True, help="Report what differs; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def reconcile(dry_run: bool, as_json: bool) -> None:
+    settings = or_exit(settings_module.load)
+
+    async def run() -> Report | None:
+        db = Database(settings.database_url)
+        evolution, webhook = evolution_from_settings(settings)
+        reconciler = Reconciler.from_settings(settings, db, evolution, webhook)
+        try:
+            if dry_run:
+                return await reconciler.run(dry_run=True)
+            return await run_once(reconciler, db, f"cli-{os.getpid()}")
+        finally:
+            await evolution.aclose()
+            await db.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except (EvolutionError, DatabaseUnavailable) as exc:
+        raise click.ClickException(f"reconcile did not run: {exc}") from exc
+    if report is None:
+        raise click.ClickException("another replica is running a pass; try again shortly")
+    if as_json:
+        print_json(report.as_dict())
+        return
+    click.echo(
+        f"{report.chips} chips, {report.instances} instances"
+        + (f", {report.deferred} left for the next pass" if report.deferred else "")
+        + (" (dry run: nothing changed)" if dry_run else "")
+    )
+    rows = [vars(finding) for finding in report.findings]
+    if rows:
+        print_table(("kind", "instance_name", "action", "detail"), rows)
+    else:
+        click.echo("everything agrees")

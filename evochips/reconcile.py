@@ -1,0 +1,388 @@
+"""Reconciliation: bring the database and Evolution API back together, whatever was lost.
+
+Webhooks are not enough: Evolution keeps its retry queue in memory, removes instances on
+its own, and a command can die between Evolution's answer and our commit. A pass reads
+every instance Evolution has (``fetchInstances``), compares each live chip with its
+instance, and corrects what differs through the state machine, with source
+``reconcile``, so every correction is in the history:
+
+- the chip's instance is gone: the chip becomes ``deleted`` (or, if its create never
+  went through, the create is marked failed);
+- the instance exists but its chip's create never heard back: the instance is adopted;
+- the connection state differs: the chip follows the live state (asked with
+  ``connectionState``, because ``fetchInstances`` reports what Evolution last stored).
+  A ``refused`` chip is not moved to the coarser ``close``;
+- a ``pending`` chip has had no QR for ``stuck_after``: it is flagged as stuck;
+- an instance evochips created has no chip: it is adopted or reported, by setting.
+
+Every action is idempotent, so a pass that dies half-way is simply run again. Work per
+pass is bounded by ``max_actions``; what is left waits for the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import re
+import socket
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from evochips import lifecycle
+from evochips.db import Chip, ChipTransition, Database, DatabaseUnavailable, Lease
+from evochips.db.models import utcnow
+from evochips.evolution.client import EvolutionClient
+from evochips.evolution.errors import EvolutionError
+from evochips.evolution.shapes import InstanceInfo, WebhookTarget
+from evochips.lifecycle import Facts, RegistrationConflict, Source
+from evochips.settings import Settings
+from evochips.statemachine import ChipStatus, ConnectionState, InvalidTransition, Trigger
+
+logger = logging.getLogger(__name__)
+
+LEASE_NAME = "reconcile"
+# Long enough for any pass (each Evolution call has a 20 s deadline, and a pass makes at
+# most max_actions of them); a replica that dies mid-pass gives the lease up by then.
+PASS_LEASE = timedelta(minutes=20)
+# Close reasons after which the number must scan a new QR (reference section 3.4).
+_LOGGED_OUT_REASONS = frozenset({401, 402, 406})
+_BANNED_REASON = 403
+_POLLED = {
+    "open": Trigger.CONNECTED,
+    "connecting": Trigger.CONNECTING,
+    "close": Trigger.DISCONNECTED,
+}
+
+
+class OrphanPolicy(enum.StrEnum):
+    REPORT = "report"
+    ADOPT = "adopt"
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    orphans: OrphanPolicy = OrphanPolicy.REPORT
+    stuck_after: timedelta = timedelta(minutes=10)
+    # Longer than a create may take (its deadline is 60 s): a pending chip without an
+    # instance younger than this may have a create in flight.
+    create_grace: timedelta = timedelta(minutes=2)
+    max_actions: int = 50
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    instance_name: str
+    chip_id: str | None
+    detail: str
+    action: str
+
+
+@dataclass
+class Report:
+    dry_run: bool
+    instances: int = 0
+    chips: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    deferred: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        db: Database,
+        evolution: EvolutionClient,
+        webhook: WebhookTarget,
+        settings: ReconcileSettings | None = None,
+    ) -> None:
+        self._db = db
+        self._evolution = evolution
+        self._webhook = webhook
+        self._settings = settings or ReconcileSettings()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, db: Database, evolution: EvolutionClient, webhook: WebhookTarget
+    ) -> Reconciler:
+        tuned = ReconcileSettings(
+            orphans=OrphanPolicy(settings.reconcile_orphans),
+            stuck_after=timedelta(seconds=settings.stuck_after),
+        )
+        return cls(db, evolution, webhook, tuned)
+
+    async def run(self, *, dry_run: bool = False) -> Report:
+        """One pass. Raises EvolutionError if Evolution cannot list its instances (then
+        nothing is touched) and DatabaseUnavailable if the database is away."""
+        pass_ = _Pass(self, Report(dry_run=dry_run), dry_run)
+        instances = {info.name: info for info in await self._evolution.fetch_instances()}
+        chips = await _live_chips(self._db)
+        pass_.report.instances, pass_.report.chips = len(instances), len(chips)
+        for chip in chips:
+            info = instances.get(chip.instance_name)
+            await (pass_.missing(chip) if info is None else pass_.present(chip, info))
+        live_names = {chip.instance_name for chip in chips}
+        for name, info in instances.items():
+            if name not in live_names:
+                await pass_.orphan(info)
+        return pass_.report
+
+
+class _Pass:
+    """The state of one pass: its report and how much work it has left."""
+
+    def __init__(self, reconciler: Reconciler, report: Report, dry_run: bool) -> None:
+        self.r = reconciler
+        self.report = report
+        self.dry_run = dry_run
+        self.budget = reconciler._settings.max_actions
+        self.now = utcnow()
+
+    def _spend(self) -> bool:
+        if self.budget <= 0:
+            self.report.deferred += 1
+            return False
+        self.budget -= 1
+        return True
+
+    def _found(self, kind: str, name: str, chip_id: str | None, detail: str, action: str) -> None:
+        if self.dry_run and action not in ("left alone", "nothing to do"):
+            action = f"would be {action} (dry run)"
+        self.report.findings.append(Finding(kind, name, chip_id, detail, action))
+        logger.info("reconcile: %s %r: %s; %s", kind, name, detail, action)
+
+    async def _fire(self, chip: Chip, trigger: Trigger, note: dict[str, Any]) -> None:
+        if not self.dry_run:
+            facts = Facts(note=note)
+            await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE, facts)
+
+    # -- a chip whose instance Evolution does not list -------------------------------------
+
+    async def missing(self, chip: Chip) -> None:
+        settings = self.r._settings
+        unconfirmed = chip.evolution_instance_id is None and chip.status == ChipStatus.PENDING
+        if unconfirmed and self.now - chip.updated_at < settings.create_grace:
+            detail = "no instance yet; its create may still be running"
+            self._found("create_in_flight", chip.instance_name, chip.id, detail, "left alone")
+            return
+        if not self._spend():
+            return
+        # The list was read at the start of the pass; ask again before deleting anything.
+        if await self.r._evolution.fetch_instance(chip.instance_name) is not None:
+            return
+        if unconfirmed:
+            detail = "Evolution never created the instance (its create got no answer)"
+            self._found("create_failed", chip.instance_name, chip.id, detail, "marked failed")
+            await self._fire(chip, Trigger.REJECTED, {"reason": detail})
+            return
+        detail = "the instance is missing from Evolution"
+        self._found("instance_missing", chip.instance_name, chip.id, detail, "deleted")
+        await self._fire(chip, Trigger.REMOVED, {"reason": detail})
+
+    # -- a chip and its instance -------------------------------------------------------------
+
+    async def present(self, chip: Chip, info: InstanceInfo) -> None:
+        if chip.evolution_instance_id is None and info.instance_id is not None:
+            detail = "the create went through but its answer was lost"
+            self._found("create_confirmed", chip.instance_name, chip.id, detail, "adopted")
+            if not self.dry_run:
+                await lifecycle.remember_instance(self.r._db, chip.id, info.instance_id)
+        if _state_of(info) not in (None, chip.connection_state) and not _finer(chip, info):
+            await self._sync(chip, info)
+        if await self._is_stuck(chip):
+            detail = f"pending with no QR for over {self.r._settings.stuck_after}"
+            self._found("stuck", chip.instance_name, chip.id, detail, "flagged")
+            if not self.dry_run:
+                await _flag_stuck(self.r._db, chip.id, self.now)
+
+    async def _sync(self, chip: Chip, info: InstanceInfo) -> None:
+        if not self._spend():
+            return
+        # fetchInstances reports what Evolution last stored; the live socket decides.
+        live = await self.r._evolution.connection_state(chip.instance_name)
+        if live is None or live == chip.connection_state:
+            return
+        trigger = _POLLED.get(live)
+        if trigger is None:
+            return
+        if live == "close" and chip.connection_state == ConnectionState.REFUSED:
+            return
+        if live == "close" and info.disconnection_reason in _LOGGED_OUT_REASONS:
+            trigger = Trigger.LOGGED_OUT
+        elif live == "close" and info.disconnection_reason == _BANNED_REASON:
+            trigger = Trigger.BANNED
+        detail = f"Evolution says {live}, the chip says {chip.connection_state}"
+        self._found("state_differs", chip.instance_name, chip.id, detail, f"synced ({trigger})")
+        note = {"reason": detail, "disconnection_reason": info.disconnection_reason}
+        try:
+            await self._fire(chip, trigger, {k: v for k, v in note.items() if v is not None})
+        except InvalidTransition as exc:  # a webhook moved it meanwhile
+            logger.info("reconcile: %s", exc)
+
+    async def _is_stuck(self, chip: Chip) -> bool:
+        """Pending, no QR shown, and nothing has changed for ``stuck_after``: measured from
+        the last history row, because a storm of unchanging events still touches the row."""
+        waiting = (
+            chip.status == ChipStatus.PENDING
+            and chip.connection_state != ConnectionState.OPEN
+            and chip.evolution_qr_code is None
+            and chip.stuck_since is None
+        )
+        if not waiting:
+            return False
+        async with self.r._db.read() as session:
+            last = await session.scalar(
+                select(func.max(ChipTransition.created_at)).where(ChipTransition.chip_id == chip.id)
+            )
+        return last is None or self.now - last >= self.r._settings.stuck_after
+
+    # -- an instance without a live chip -----------------------------------------------------
+
+    async def orphan(self, info: InstanceInfo) -> None:
+        if not self._spend():
+            return
+        earlier = await _latest_chip(self.r._db, info.name)
+        ours = earlier is not None or await self._posts_to_us(info.name)
+        if not ours:
+            detail = "no chip has it, and it does not post its webhooks to evochips"
+            self._found("foreign_instance", info.name, None, detail, "left alone")
+            return
+        detail = "an instance evochips created has no live chip"
+        if self.r._settings.orphans is OrphanPolicy.REPORT:
+            self._found("orphan_instance", info.name, earlier.id if earlier else None, detail,
+                        "reported (set EVOCHIPS_RECONCILE_ORPHANS=adopt to adopt it)")  # fmt: skip
+            return
+        self._found("orphan_instance", info.name, earlier.id if earlier else None, detail,
+                    "adopted")  # fmt: skip
+        if not self.dry_run:
+            await self._adopt(info, earlier)
+
+    async def _posts_to_us(self, name: str) -> bool:
+        try:
+            webhook = await self.r._evolution.find_webhook(name)
+        except EvolutionError as exc:
+            logger.info("reconcile: webhook of %r unknown: %s", name, exc)
+            return False
+        base = self.r._webhook.url.rstrip("/")
+        return webhook is not None and (webhook.url or "").startswith(base)
+
+    async def _adopt(self, info: InstanceInfo, earlier: Chip | None) -> None:
+        """A chip for the instance (the one that had its name, if any), synced to it."""
+        telefone = re.sub(r"[^0-9]", "", (info.owner_jid or "").split("@")[0])
+        chip_id = earlier.id if earlier is not None and earlier.deleted_at is not None else None
+        try:
+            chip = await lifecycle.register(
+                self.r._db, info.name, telefone or (earlier.telefone if earlier else ""),
+                chip_id, source=Source.RECONCILE,
+            )  # fmt: skip
+        except RegistrationConflict as exc:  # a command registered it meanwhile
+            logger.info("reconcile: %s", exc)
+            return
+        await lifecycle.remember_instance(self.r._db, chip.id, info.instance_id)
+        trigger = _POLLED.get(info.state or "")
+        if trigger is not None and trigger is not Trigger.DISCONNECTED:
+            note = {"reason": "adopted instance is " + (info.state or "")}
+            await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE, Facts(note=note))
+
+
+def _state_of(info: InstanceInfo) -> str | None:
+    return info.state if info.state in _POLLED else None
+
+
+def _finer(chip: Chip, info: InstanceInfo) -> bool:
+    """``refused`` is only known from a webhook; Evolution's list calls it ``close``."""
+    return chip.connection_state == ConnectionState.REFUSED and info.state == "close"
+
+
+async def _live_chips(db: Database) -> list[Chip]:
+    async with db.read() as session:
+        rows = await session.scalars(
+            select(Chip).where(Chip.deleted_at.is_(None)).order_by(Chip.created_at, Chip.id)
+        )
+        return list(rows)
+
+
+async def _latest_chip(db: Database, name: str) -> Chip | None:
+    async with db.read() as session:
+        chip: Chip | None = await session.scalar(
+            select(Chip)
+            .where(Chip.instance_name == name)
+            .order_by(Chip.deleted_at.desc().nulls_first())
+            .limit(1)
+        )
+        return chip
+
+
+async def _flag_stuck(db: Database, chip_id: str, now: datetime) -> None:
+    async with db.write() as session:
+        await session.execute(
+            update(Chip)
+            .where(Chip.id == chip_id, Chip.stuck_since.is_(None))
+            .values(stuck_since=now, version=Chip.version + 1)
+        )
+
+
+async def take_lease(db: Database, holder: str, ttl: timedelta) -> bool:
+    """Hold the reconcile lease for ``ttl`` (renewing it if ``holder`` has it already);
+    False while another replica holds it."""
+    now = utcnow()
+    try:
+        async with db.write() as session:
+            lease = await session.get(Lease, LEASE_NAME, with_for_update=True)
+            if lease is None:
+                session.add(Lease(name=LEASE_NAME, holder=holder, expires_at=now + ttl))
+                return True
+            if lease.holder != holder and lease.expires_at > now:
+                return False
+            lease.holder, lease.expires_at = holder, now + ttl
+            return True
+    except IntegrityError:  # another replica inserted the lease first
+        return False
+
+
+async def release_lease(db: Database, holder: str) -> None:
+    async with db.write() as session:
+        await session.execute(
+            update(Lease)
+            .where(Lease.name == LEASE_NAME, Lease.holder == holder)
+            .values(expires_at=utcnow())
+        )
+
+
+async def run_once(reconciler: Reconciler, db: Database, holder: str) -> Report | None:
+    """One pass under the lease, or None when another replica is running one."""
+    if not await take_lease(db, holder, PASS_LEASE):
+        return None
+    try:
+        return await reconciler.run()
+    finally:
+        await release_lease(db, holder)
+
+
+async def reconcile_forever(reconciler: Reconciler, db: Database, interval: float) -> None:
+    """A pass every ``interval`` seconds, by whichever replica gets the lease; a failed
+    pass is logged and the next one runs as usual."""
+    holder = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await run_once(reconciler, db, holder)
+        except (EvolutionError, DatabaseUnavailable) as exc:
+            logger.warning("reconcile pass skipped: %s", exc)
+            continue
+        except Exception:  # the loop must outlive a bug in one pass; the log has it
+            logger.exception("reconcile pass failed")
+            continue
+        if report is not None and report.findings:
+            kinds = Counter(finding.kind for finding in report.findings)
+            logger.info("reconcile pass: %s", ", ".join(f"{n} {k}" for k, n in kinds.items()))

@@ -1,0 +1,316 @@
+"""Reconciliation repairs what commands and lost webhooks leave behind.
+
+The fault matrix: each of create, logout, delete and restart, hit by each fault that can
+strike it, then at most two reconcile passes. Afterwards no live chip points at an
+instance Evolution lacks, every instance evochips created has a live chip, every
+correction is in the history with source ``reconcile``, and a further pass finds nothing
+to correct. Evolution is the recorded fake, behind a transport that injects the fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from evochips.db import Database
+from evochips.evolution.client import EvolutionClient
+from evochips.evolution.shapes import WebhookTarget
+from evochips.manager import InstanceManager
+from evochips.reconcile import (
+    OrphanPolicy,
+    Reconciler,
+    ReconcileSettings,
+    Report,
+    release_lease,
+    run_once,
+    take_lease,
+)
+from tests.fake_evolution import GLOBAL_KEY, FakeEvolution
+from tests.helpers import assert_history_consistent, chip_named, transitions
+
+HOOK = WebhookTarget("http://evochips.test/webhooks/evolution", {"x-evochips-token": "s"})
+NAME = "chip-0001"
+CORRECTIONS = ("deleted", "marked failed", "adopted")
+
+
+class Crash(Exception):
+    """The process dies here: nothing after this point runs."""
+
+
+@dataclass
+class Fault:
+    """What happens to the next call to ``path`` (a prefix): ``before`` the remote call,
+    ``after`` it took effect (crash or timeout), or a 5xx answer instead of it."""
+
+    kind: str
+    path: str
+
+
+class FaultyEvolution:
+    def __init__(self, fake: FakeEvolution) -> None:
+        self.fake = fake
+        self.fault: Fault | None = None
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        fault = self.fault
+        if fault is None or not request.url.path.startswith(fault.path):
+            return self.fake.handle(request)
+        self.fault = None
+        if fault.kind == "crash before":
+            raise Crash(f"before {request.url.path}")
+        if fault.kind == "5xx":
+            body = b'{"status":500,"error":"Internal Server Error","response":{"message":["x"]}}'
+            return httpx.Response(500, content=body, headers={"content-type": "application/json"})
+        self.fake.handle(request)  # Evolution acts on it; its answer is lost
+        if fault.kind == "crash after":
+            raise Crash(f"after {request.url.path}")
+        raise httpx.ReadTimeout("answer lost", request=request)
+
+
+@pytest.fixture
+def fake() -> FakeEvolution:
+    return FakeEvolution()
+
+
+@pytest.fixture
+async def faulty(fake: FakeEvolution) -> FaultyEvolution:
+    return FaultyEvolution(fake)
+
+
+@pytest.fixture
+async def client(faulty: FaultyEvolution) -> AsyncIterator[EvolutionClient]:
+    evolution = EvolutionClient(
+        "http://evolution.test", GLOBAL_KEY, api_version=2,
+        transport=httpx.MockTransport(faulty.handle), read_attempts=1,
+    )  # fmt: skip
+    yield evolution
+    await evolution.aclose()
+
+
+def _reconciler(db: Database, client: EvolutionClient, **tuning: Any) -> Reconciler:
+    settings = ReconcileSettings(orphans=OrphanPolicy.ADOPT, create_grace=timedelta(0), **tuning)
+    return Reconciler(db, client, HOOK, settings)
+
+
+async def _open_chip(manager: InstanceManager, fake: FakeEvolution) -> None:
+    assert (await manager.criar_instancia(NAME, "5511900000001"))["sucesso"]
+    fake.scan(NAME)
+    assert (await manager.verificar_conexao(NAME))["connected"]
+
+
+COMMANDS = {
+    "create": ("/instance/create", lambda m: m.criar_instancia(NAME, "5511900000001")),
+    "logout": ("/instance/logout", lambda m: m.desconectar_instancia(NAME, None)),
+    "delete": ("/instance/delete", lambda m: m.deletar_instancia(NAME, None)),
+    "restart": ("/instance/restart", lambda m: m.reconectar_instancia(NAME, None)),
+}
+FAULTS = ["crash before", "crash after", "timeout after", "5xx", "webhooks lost"]
+MATRIX = [(command, fault) for command in COMMANDS for fault in FAULTS] + [
+    ("create", "403 name in use")
+]
+
+
+@pytest.mark.parametrize(("command", "fault"), MATRIX)
+async def test_after_any_fault_two_passes_converge(
+    db: Database,
+    fake: FakeEvolution,
+    faulty: FaultyEvolution,
+    client: EvolutionClient,
+    command: str,
+    fault: str,
+) -> None:
+    manager = InstanceManager(db, client, HOOK)
+    if command != "create":
+        await _open_chip(manager, fake)
+    elif fault == "403 name in use":
+        # An earlier create made the instance, and its chip row was lost with a restore.
+        _created_elsewhere(fake, NAME, HOOK.url)
+    path, call = COMMANDS[command]
+    if fault not in ("webhooks lost", "403 name in use"):
+        faulty.fault = Fault(fault, path)
+    with contextlib.suppress(Crash):
+        await call(manager)
+    if fault == "webhooks lost":
+        # Evolution restarts; what it would have posted is gone, and it moved on meanwhile.
+        _move_on(fake, command)
+
+    reports = [await _reconciler(db, client).run() for _ in range(2)]
+
+    live = {chip["instance_name"]: chip for chip in await _live(db)}
+    assert set(live) == set(fake.instances), reports
+    for name, chip in live.items():
+        expected = "open" if fake.instances[name].state == "open" else chip["connection_state"]
+        assert chip["connection_state"] == expected, (chip, reports)
+    await _corrections_are_audited(db, reports)
+    again = await _reconciler(db, client).run()
+    assert [f for f in again.findings if f.action in CORRECTIONS or "synced" in f.action] == []
+
+
+def _created_elsewhere(fake: FakeEvolution, name: str, webhook_url: str) -> None:
+    """An instance made without this database knowing (another process, a lost row)."""
+    body = {"instanceName": name, "webhook": {"url": webhook_url}}
+    status, _ = fake.answer("POST", "/instance/create", {"apikey": GLOBAL_KEY}, body)
+    assert status == 201
+
+
+def _move_on(fake: FakeEvolution, command: str) -> None:
+    if command == "create":
+        fake.scan(NAME)  # paired while its webhooks were lost
+    elif command == "logout" and NAME in fake.instances:
+        del fake.instances[NAME]  # v1 and DEL_INSTANCE remove a logged-out instance
+    elif command == "restart" and NAME in fake.instances:
+        fake.scan(NAME)
+
+
+async def _live(db: Database) -> list[dict[str, Any]]:
+    from evochips.db import queries
+
+    return await queries.list_chips(db)
+
+
+async def _corrections_are_audited(db: Database, reports: list[Report]) -> None:
+    for finding in (f for report in reports for f in report.findings):
+        changes = finding.action in CORRECTIONS or finding.action.startswith("synced")
+        if not changes or finding.kind == "create_confirmed":
+            continue
+        chip = await chip_named(db, finding.instance_name)
+        rows = await transitions(db, chip.id)
+        assert any(row.source == "reconcile" for row in rows), finding
+        await assert_history_consistent(db, chip.id)
+
+
+async def test_an_orphan_is_reported_not_adopted_by_default(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    _created_elsewhere(fake, "chip-0002", HOOK.url)
+    _created_elsewhere(fake, "someone-else", "http://other.test/hook")
+    reconciler = Reconciler(db, client, HOOK, ReconcileSettings())
+
+    report = await reconciler.run()
+
+    kinds = {f.instance_name: (f.kind, f.action) for f in report.findings}
+    assert kinds["someone-else"] == ("foreign_instance", "left alone")
+    assert kinds["chip-0002"][0] == "orphan_instance" and "reported" in kinds["chip-0002"][1]
+    assert await _live(db) == []
+
+
+async def test_a_dry_run_changes_nothing(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    manager = InstanceManager(db, client, HOOK)
+    await _open_chip(manager, fake)
+    del fake.instances[NAME]
+
+    report = await _reconciler(db, client).run(dry_run=True)
+
+    assert [(f.kind, f.action) for f in report.findings] == [
+        ("instance_missing", "would be deleted (dry run)")]  # fmt: skip
+    assert (await chip_named(db, NAME)).status == "warming"
+
+
+async def test_refused_is_not_overwritten_by_evolutions_coarser_close(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    from evochips import lifecycle
+    from evochips.lifecycle import Source
+    from evochips.statemachine import Trigger
+
+    manager = InstanceManager(db, client, HOOK)
+    assert (await manager.criar_instancia(NAME, "5511900000001"))["sucesso"]
+    chip = await chip_named(db, NAME)
+    await lifecycle.fire(db, chip.id, Trigger.QR_REFUSED, Source.WEBHOOK)
+    fake.instances[NAME].state = "close"
+
+    report = await _reconciler(db, client).run()
+
+    assert report.findings == []
+    assert (await chip_named(db, NAME)).connection_state == "refused"
+
+
+async def test_a_pending_chip_without_a_qr_is_flagged_stuck_until_one_comes(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    fake.qr_ready = False  # Evolution answers {"count": 0} for ever
+    manager = InstanceManager(db, client, HOOK)
+    assert (await manager.criar_instancia(NAME, "5511900000001"))["sucesso"]
+    reconciler = _reconciler(db, client, stuck_after=timedelta(0))
+
+    first, second = await reconciler.run(), await reconciler.run()
+
+    # The create's {"count": 0} left the chip closed while Evolution keeps connecting.
+    assert [(f.kind, f.action) for f in first.findings] == [
+        ("state_differs", "synced (connecting)")]  # fmt: skip
+    assert [(f.kind, f.action) for f in second.findings] == [("stuck", "flagged")]
+    assert (await chip_named(db, NAME)).stuck_since is not None
+    fake.qr_ready = True
+    assert (await manager.obter_qr_code(NAME))["qr_code"]
+    assert (await chip_named(db, NAME)).stuck_since is None
+
+
+async def test_one_replica_at_a_time_holds_the_lease(db: Database, client: EvolutionClient) -> None:
+    assert await take_lease(db, "replica-a", timedelta(minutes=5))
+    assert not await take_lease(db, "replica-b", timedelta(minutes=5))
+    assert await run_once(_reconciler(db, client), db, "replica-b") is None
+    await release_lease(db, "replica-a")
+    assert await run_once(_reconciler(db, client), db, "replica-b") is not None
+    assert await take_lease(db, "replica-a", timedelta(minutes=5))  # released after the pass
+
+
+async def test_evolution_unreachable_touches_nothing(db: Database) -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    client = EvolutionClient("http://evolution.test", GLOBAL_KEY, api_version=2,
+                             transport=httpx.MockTransport(down), read_attempts=1)  # fmt: skip
+    from evochips.evolution.errors import EvolutionUnavailable
+    from tests.chips import given_chip
+
+    await given_chip(db, NAME, "warming", "open")
+    with pytest.raises(EvolutionUnavailable):
+        await _reconciler(db, client).run()
+    assert (await chip_named(db, NAME)).status == "warming"
+    await client.aclose()
+
+
+async def test_serve_reconciles_in_the_background_and_the_cli_reports(
+    db: Database, database_url: str
+) -> None:
+    from tests.chips import given_chip
+    from tests.servers import evochips, free_port, receiver_env, serving_app, serving_evochips
+
+    gone = await given_chip(db, "chip-gone", "warming", "open")  # Evolution never had it
+    fake = FakeEvolution()
+    evolution_port, port = free_port(), free_port()
+    env = {
+        **receiver_env(database_url, port),
+        "EVOLUTION_API_URL": f"http://127.0.0.1:{evolution_port}",
+        "EVOLUTION_API_KEY": GLOBAL_KEY,
+        "EVOLUTION_API_VERSION": "2",
+        "EVOCHIPS_RECONCILE_INTERVAL": "0.2",
+    }
+    with serving_app(fake.asgi(), evolution_port):
+        with serving_evochips(port, env):
+            for _ in range(100):
+                if (await chip_named(db, "chip-gone")).status == "deleted":
+                    break
+                await asyncio.sleep(0.1)
+        rows = await transitions(db, gone.id)
+        assert (rows[-1].trigger, rows[-1].source) == ("removed", "reconcile")
+
+        await given_chip(db, "chip-gone-too", "active", "open")
+        dry = await asyncio.to_thread(evochips, "reconcile", "--dry-run", "--json", env=env)
+        assert dry.returncode == 0, dry.stderr
+        findings = json.loads(dry.stdout)["findings"]
+        assert [(f["kind"], f["instance_name"]) for f in findings] == [
+            ("instance_missing", "chip-gone-too")]  # fmt: skip
+        done = await asyncio.to_thread(evochips, "reconcile", env=env)
+        assert done.returncode == 0 and "instance_missing" in done.stdout
+    assert (await chip_named(db, "chip-gone-too")).status == "deleted"
