@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.engine import make_url
 
 
 def script_location() -> str:
@@ -19,7 +20,16 @@ def script_location() -> str:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply migrations up to ``revision``; must not be called from a running event loop."""
+    """Apply migrations up to ``revision``; must not be called from a running event loop.
+
+    Raises OSError at once for an SQLite file in a folder that does not exist, rather than
+    letting the driver's connection thread fail (which can print to stderr as it dies).
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        folder = Path(url.database).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder {str(folder)!r} for the SQLite database")
     config = Config()
     config.set_main_option("script_location", script_location())
     config.attributes["database_url"] = database_url
