@@ -16,6 +16,7 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -46,6 +47,7 @@ from evochips.statemachine import (
 logger = logging.getLogger(__name__)
 
 NO_CHANGE = "changed nothing"
+MAX_REPLAY = 200
 REPLAYED = "arrived after a newer event; replayed in Evolution's order"
 
 
@@ -118,9 +120,29 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
             change_note = NO_CHANGE
         result = await _store_event(session, event, Outcome.APPLIED, change_note, chip.id)
         if result.outcome is Outcome.APPLIED:
-            await apply_decision(session, chip, decision, Source.WEBHOOK, facts, result.event_id)
+            changes = _counted(chip, decision, facts, result.event_id)
+            await apply_decision(
+                session, chip, decision, Source.WEBHOOK, facts, result.event_id, changes
+            )
             return WebhookResult(Outcome.APPLIED, result.event_id, chip.id, decision)
         return result
+
+
+def _counted(chip: Chip, decision: Decision, facts: Facts, event_id: int) -> dict[str, Any]:
+    """One more delivery a replay would go through; at ``MAX_REPLAY`` the baseline moves
+    up to where this delivery leaves the chip, so a replay never reads more rows than that.
+    (A late event older than the new baseline is then only recorded as stale.)"""
+    if chip.baseline_deliveries + 1 < MAX_REPLAY:
+        return {"baseline_deliveries": chip.baseline_deliveries + 1}
+    reason = chip.status_reason if facts.status_reason is None else facts.status_reason
+    return {
+        "baseline_status": decision.to_status.value,
+        "baseline_connection": decision.to_connection.value,
+        "baseline_status_reason": reason,
+        "baseline_event_id": event_id,
+        "baseline_date_time": facts.evolution_date_time or chip.evolution_date_time,
+        "baseline_deliveries": 0,
+    }
 
 
 async def _lock_chip_for(session: AsyncSession, instance: str) -> Chip | None:
@@ -163,6 +185,7 @@ async def _fold_late(
         to_connection=replay.connection,
     )
     changes = {
+        "baseline_deliveries": chip.baseline_deliveries + 1,
         "status_reason": replay.status_reason,
         "evolution_qr_code": chip.evolution_qr_code,
         "evolution_pairing_code": chip.evolution_pairing_code,

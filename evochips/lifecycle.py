@@ -320,6 +320,7 @@ def _baseline(chip: Chip, values: dict[str, Any]) -> dict[str, Any]:
         "baseline_status_reason": values.get("status_reason", chip.status_reason),
         "baseline_date_time": values.get("evolution_date_time", chip.evolution_date_time),
         "baseline_event_id": last_event,
+        "baseline_deliveries": 0,
     }
 
 

@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evochips import lifecycle
+from evochips import inbox, lifecycle
 from evochips.db import Chip, Database
 from evochips.lifecycle import Source
 from evochips.statemachine import Trigger
@@ -155,3 +156,31 @@ async def test_an_event_older_than_a_command_is_recorded_and_changes_nothing(
     assert response.json()["outcome"] == "stale"
     chip = await chip_named(db, "chip-0001")
     assert (chip.status, chip.connection_state) == ("ready", "open")
+
+
+async def test_a_replay_reads_a_bounded_window(
+    db: Database, receiver: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After ``MAX_REPLAY`` deliveries the baseline moves up to the chip's state, so a
+    flapping chip cannot make each late event replay its whole past; an event older than
+    the moved baseline is recorded as stale and changes nothing."""
+    monkeypatch.setattr(inbox, "MAX_REPLAY", 3)
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    for position, kind in zip([10, 12, 14, 16], ["open", "close-428", "connecting", "close-428"],
+                              strict=True):  # fmt: skip
+        body = _body(kind, position, "chip-0001")
+        assert (await receiver.post("/webhooks/evolution", json=body)).json()[
+            "outcome"
+        ] == "applied"
+    chip = await chip_named(db, "chip-0001")
+    assert (chip.baseline_status, chip.baseline_connection) == ("warming", "connecting")
+
+    before = await receiver.post("/webhooks/evolution", json=_body("logout", 11, "chip-0001"))
+    assert before.json()["outcome"] == "stale"
+    assert (await chip_named(db, "chip-0001")).status == "warming"
+
+    inside = await receiver.post("/webhooks/evolution", json=_body("logout", 15, "chip-0001"))
+    assert inside.json()["outcome"] == "stale"
+    chip = await chip_named(db, "chip-0001")
+    assert (chip.status, chip.connection_state) == ("pending", "close")
+    await assert_history_consistent(db, chip.id)

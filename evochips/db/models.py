@@ -110,6 +110,8 @@ class Chip(Base):
     baseline_status_reason: Mapped[int | None] = mapped_column(Integer)
     baseline_event_id: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     baseline_date_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    # Deliveries received since the baseline; see evochips.inbox.MAX_REPLAY.
+    baseline_deliveries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Set by reconciliation when a pending chip has waited too long without a QR (Evolution
     # can stay "connecting" with no QR for ever); cleared when a QR comes or the chip opens.
     stuck_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
