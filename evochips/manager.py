@@ -216,7 +216,8 @@ class InstanceManager:
         chip = await self._chip(instance_name)
         state = await self._evolution.connection_state(instance_name)
         trigger = _POLLED_TRIGGERS.get(state or "")
-        if trigger is not None:
+        # Only a change is written: a check that confirms the chip costs no transaction.
+        if trigger is not None and lifecycle.decide_for(chip, trigger).changed:
             await lifecycle.fire(self._db, chip.id, trigger, Source.POLL)
         return {"state": state, "connected": state == "open"}
 
