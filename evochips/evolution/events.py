@@ -22,6 +22,7 @@ HANDLED_EVENTS = frozenset(
     {"CONNECTION_UPDATE", "QRCODE_UPDATED", "LOGOUT_INSTANCE", "REMOVE_INSTANCE", "STATUS_INSTANCE"}
 )
 REDACTED = "[redacted]"
+UNNAMED = "UNKNOWN"  # the event of a body that names none
 MAX_EVENT_LENGTH = 64
 MAX_INSTANCE_LENGTH = 255
 MAX_STATUS_CODE = 99_999
@@ -95,7 +96,7 @@ def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
         signal, reason = None, "the body names no instance"
     identity = [instance, event, envelope.get("date_time"), data] if event else body
     return WebhookEvent(
-        event=event or "UNKNOWN",
+        event=event or UNNAMED,
         instance=instance,
         date_time=date_time,
         dedupe_key=_dedupe_key(identity),

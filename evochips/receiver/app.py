@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 from evochips.api.errors import ApiError
 from evochips.api.responses import error_response
 from evochips.db import Chip, Database, DatabaseUnavailable
-from evochips.evolution.events import read_event, skimmed_event
+from evochips.evolution.events import HANDLED_EVENTS, UNNAMED, read_event, skimmed_event
 from evochips.inbox import Outcome, record_webhook
 from evochips.lifecycle import ConcurrentChange
 from evochips.receiver.auth import is_authentic
@@ -70,6 +70,11 @@ def create_app(
             if _deeper_than(body, MAX_JSON_DEPTH):
                 return _error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
             event = read_event(body, request.path_params.get("suffix"))
+        if event.event not in HANDLED_EVENTS and event.event != UNNAMED:
+            # Messages and the like: not evochips' business, and often thousands a second
+            # when a user subscribed this URL to them, so not worth a write each.
+            return JSONResponse({"outcome": Outcome.IGNORED.value, "event": event.event,
+                                 "detail": "an event evochips does not handle"})  # fmt: skip
 
         try:
             result = await record_webhook(db, event)
