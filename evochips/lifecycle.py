@@ -53,6 +53,24 @@ class RegistrationConflict(Exception):
     """The instance name or chip id is already taken by a live chip."""
 
 
+class ChipMoved(Exception):
+    """A conditional change found the chip changed since the caller read it."""
+
+
+async def touch(db: Database, chip: Chip) -> None:
+    """Mark a chip as being worked on (a create retried, say) so that a decision taken on
+    an older reading of it, such as reconciliation's, does not go through; raises ChipMoved
+    if it has changed since ``chip`` was read."""
+    async with db.write() as session:
+        touched = await session.execute(
+            update(Chip)
+            .where(Chip.id == chip.id, Chip.version == chip.version)
+            .values(version=chip.version + 1, updated_at=utcnow())
+        )
+        if touched.rowcount != 1:  # type: ignore[attr-defined]
+            raise ChipMoved(f"chip {chip.id} changed while a command was starting")
+
+
 class ConcurrentChange(Exception):
     """The chip changed under us although we held its lock; should never happen."""
 
@@ -132,10 +150,15 @@ async def fire(
     source: Source,
     facts: Facts | None = None,
     changes: dict[str, Any] | None = None,
+    *,
+    expected_version: int | None = None,
 ) -> Applied:
-    """Apply ``trigger`` to a chip by id; raises ChipNotFound or InvalidTransition."""
+    """Apply ``trigger`` to a chip by id; raises ChipNotFound or InvalidTransition, and
+    ChipMoved if ``expected_version`` is given and the chip has changed since."""
     async with db.write() as session:
         chip = await _locked(session, chip_id)
+        if expected_version is not None and chip.version != expected_version:
+            raise ChipMoved(f"chip {chip_id} changed since it was read")
         decision = decide_for(chip, trigger)
         chip = await apply_decision(
             session, chip, decision, source, facts or Facts(), None, changes

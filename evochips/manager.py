@@ -41,6 +41,7 @@ from evochips.evolution.shapes import (
     WebhookTarget,
 )
 from evochips.lifecycle import (
+    ChipMoved,
     ChipNotFound,
     ConcurrentChange,
     Facts,
@@ -90,6 +91,7 @@ ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
     (InstanceNameInUse, "name_in_use"),
     (InvalidTransition, "invalid_transition"),
     (ConcurrentChange, "concurrent_change"),
+    (ChipMoved, "concurrent_change"),
     (DatabaseUnavailable, "database_unavailable"),
     (InstanceNotFound, "instance_missing"),
     (EvolutionTimeout, "evolution_timeout"),
@@ -177,7 +179,11 @@ class InstanceManager:
         await self._evolution.api_version()
         chip = await self._unconfirmed_chip(instance_name, phone, chip_id)
         finishing = chip is not None
-        if chip is None:
+        if chip is not None:
+            # Claims the chip, so a reconciliation pass that has just found it unconfirmed
+            # cannot mark its create failed while this one runs.
+            await lifecycle.touch(self._db, chip)
+        else:
             # The row comes first so that a webhook arriving before create returns finds it.
             chip = await lifecycle.register(self._db, instance_name, phone, chip_id)
         try:

@@ -42,7 +42,7 @@ from evochips.db.models import utcnow
 from evochips.evolution.client import EvolutionClient
 from evochips.evolution.errors import EvolutionError
 from evochips.evolution.shapes import InstanceInfo, WebhookTarget
-from evochips.lifecycle import Facts, RegistrationConflict, Source
+from evochips.lifecycle import ChipMoved, ChipNotFound, Facts, RegistrationConflict, Source
 from evochips.settings import Settings
 from evochips.statemachine import ChipStatus, ConnectionState, InvalidTransition, Trigger
 
@@ -75,6 +75,7 @@ class ReconcileSettings:
     # instance younger than this may have a create in flight.
     create_grace: timedelta = timedelta(minutes=2)
     max_actions: int = 50
+    max_lookups: int = 500
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,11 @@ class Reconciler:
         pass_.report.instances, pass_.report.chips = len(instances), len(chips)
         for chip in chips:
             info = instances.get(chip.instance_name)
-            await (pass_.missing(chip) if info is None else pass_.present(chip, info))
+            try:
+                await (pass_.missing(chip) if info is None else pass_.present(chip, info))
+            except (InvalidTransition, ChipNotFound, ChipMoved) as exc:
+                # A command or webhook changed the chip during the pass: it decides.
+                logger.info("reconcile: %r moved during the pass: %s", chip.instance_name, exc)
         live_names = {chip.instance_name for chip in chips}
         for name, info in instances.items():
             if name not in live_names:
@@ -146,6 +151,7 @@ class _Pass:
         self.report = report
         self.dry_run = dry_run
         self.budget = reconciler._settings.max_actions
+        self.lookups = reconciler._settings.max_lookups
         self.now = utcnow()
 
     def _spend(self) -> bool:
@@ -162,9 +168,10 @@ class _Pass:
         logger.info("reconcile: %s %r: %s; %s", kind, name, detail, action)
 
     async def _fire(self, chip: Chip, trigger: Trigger, note: dict[str, Any]) -> None:
+        """Correct ``chip`` unless it changed since the pass read it (raises ChipMoved)."""
         if not self.dry_run:
-            facts = Facts(note=note)
-            await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE, facts)
+            await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE,
+                                 Facts(note=note), expected_version=chip.version)  # fmt: skip
 
     # -- a chip whose instance Evolution does not list -------------------------------------
 
@@ -197,6 +204,16 @@ class _Pass:
             self._found("create_confirmed", chip.instance_name, chip.id, detail, "adopted")
             if not self.dry_run:
                 await lifecycle.remember_instance(self.r._db, chip.id, info.instance_id)
+        lost = _lost_session(chip, info)
+        if lost is not None:
+            if not self._spend():
+                return
+            detail = (f"Evolution closed the session ({info.disconnection_reason}) and "
+                      f"is {info.state} again; the chip is still {chip.status}")  # fmt: skip
+            self._found("session_lost", chip.instance_name, chip.id, detail, f"synced ({lost})")
+            note = {"reason": detail, "disconnection_reason": info.disconnection_reason}
+            await self._fire(chip, lost, note)
+            return
         if _state_of(info) not in (None, chip.connection_state) and not _finer(chip, info):
             await self._sync(chip, info)
         if await self._is_stuck(chip):
@@ -249,9 +266,15 @@ class _Pass:
     # -- an instance without a live chip -----------------------------------------------------
 
     async def orphan(self, info: InstanceInfo) -> None:
-        if not self._spend():
-            return
         earlier = await _latest_chip(self.r._db, info.name)
+        # Asking whose an instance is changes nothing, so it has its own, larger allowance:
+        # a shared Evolution server full of other people's instances must not use up the
+        # budget that corrections need.
+        if earlier is None and self.lookups <= 0:
+            self.report.deferred += 1
+            return
+        if earlier is None:
+            self.lookups -= 1
         ours = earlier is not None or await self._posts_to_us(info.name)
         if not ours:
             detail = "no chip has it, and it does not post its webhooks to evochips"
@@ -261,6 +284,8 @@ class _Pass:
         if self.r._settings.orphans is OrphanPolicy.REPORT:
             self._found("orphan_instance", info.name, earlier.id if earlier else None, detail,
                         "reported (set EVOCHIPS_RECONCILE_ORPHANS=adopt to adopt it)")  # fmt: skip
+            return
+        if not self._spend():
             return
         self._found("orphan_instance", info.name, earlier.id if earlier else None, detail,
                     "adopted")  # fmt: skip
@@ -278,21 +303,40 @@ class _Pass:
 
     async def _adopt(self, info: InstanceInfo, earlier: Chip | None) -> None:
         """A chip for the instance (the one that had its name, if any), synced to it."""
-        telefone = re.sub(r"[^0-9]", "", (info.owner_jid or "").split("@")[0])
+        owner = re.sub(r"[^0-9]", "", (info.owner_jid or "").split("@")[0])
+        telefone = earlier.telefone if earlier is not None else owner
         chip_id = earlier.id if earlier is not None and earlier.deleted_at is not None else None
         try:
             chip = await lifecycle.register(
-                self.r._db, info.name, telefone or (earlier.telefone if earlier else ""),
-                chip_id, source=Source.RECONCILE,
-            )  # fmt: skip
+                self.r._db, info.name, telefone, chip_id, source=Source.RECONCILE
+            )
         except RegistrationConflict as exc:  # a command registered it meanwhile
             logger.info("reconcile: %s", exc)
             return
         await lifecycle.remember_instance(self.r._db, chip.id, info.instance_id)
+        try:  # its webhook may lack our secret: point it at us, as a create would
+            await self.r._evolution.set_webhook(info.name, self.r._webhook)
+        except EvolutionError as exc:
+            logger.warning("reconcile: webhook of adopted %r not set: %s", info.name, exc)
         trigger = _POLLED.get(info.state or "")
         if trigger is not None and trigger is not Trigger.DISCONNECTED:
             note = {"reason": "adopted instance is " + (info.state or "")}
             await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE, Facts(note=note))
+
+
+def _lost_session(chip: Chip, info: InstanceInfo) -> Trigger | None:
+    """A logout or ban whose webhooks were lost, seen in the close reason Evolution keeps
+    (v2 only) while the instance is not open: it may already show a new QR, so its state
+    alone would not tell."""
+    if info.state == "open" or info.disconnection_reason is None:
+        return None
+    paired = chip.status in (ChipStatus.WARMING, ChipStatus.READY, ChipStatus.ACTIVE,
+                             ChipStatus.DEGRADED)  # fmt: skip
+    if info.disconnection_reason == _BANNED_REASON and chip.status != ChipStatus.BANNED:
+        return Trigger.BANNED
+    if info.disconnection_reason in _LOGGED_OUT_REASONS and paired:
+        return Trigger.LOGGED_OUT
+    return None
 
 
 def _state_of(info: InstanceInfo) -> str | None:

@@ -50,6 +50,7 @@ class FakeInstance:
     state: str = "connecting"
     qr_count: int = 0
     webhook_url: str | None = None
+    disconnection_reason: int | None = None
 
 
 @dataclass
@@ -155,7 +156,8 @@ class FakeEvolution:
         template = load_json(SAMPLES / "v2-fetch-instances.json")[0]
         rows = [
             {**template, "id": i.instance_id, "name": i.name, "connectionStatus": i.state,
-             "ownerJid": None, "token": i.token}
+             "ownerJid": None, "token": i.token,
+             "disconnectionReasonCode": i.disconnection_reason}
             for i in chosen
         ]  # fmt: skip
         return 200, json.dumps(rows)

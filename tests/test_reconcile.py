@@ -314,3 +314,102 @@ async def test_serve_reconciles_in_the_background_and_the_cli_reports(
         done = await asyncio.to_thread(evochips, "reconcile", env=env)
         assert done.returncode == 0 and "instance_missing" in done.stdout
     assert (await chip_named(db, "chip-gone-too")).status == "deleted"
+
+
+class _Meddling(EvolutionClient):
+    """A client through which something else changes the chip while a pass is running:
+    right after the pass asks again whether an instance is really gone."""
+
+    def __init__(self, meddle: Any, **kwargs: Any) -> None:
+        super().__init__("http://evolution.test", GLOBAL_KEY, api_version=2, **kwargs)
+        self.meddle = meddle
+
+    async def fetch_instance(self, name: str) -> Any:
+        found = await super().fetch_instance(name)
+        await self.meddle()
+        return found
+
+
+async def test_a_chip_deleted_during_a_pass_is_left_to_that_delete(
+    db: Database, fake: FakeEvolution
+) -> None:
+    from evochips import lifecycle
+    from evochips.lifecycle import Source
+    from evochips.statemachine import Trigger
+    from tests.chips import given_chip
+
+    chip = await given_chip(db, NAME, "warming", "open")  # Evolution does not have it
+
+    async def delete() -> None:
+        await lifecycle.fire(db, chip.id, Trigger.REMOVED, Source.COMMAND)
+
+    client = _Meddling(delete, transport=fake.transport())
+    report = await _reconciler(db, client).run()
+    await client.aclose()
+
+    assert [f.kind for f in report.findings] == ["instance_missing"]
+    rows = await transitions(db, chip.id)
+    assert [(r.trigger, r.source) for r in rows][-1] == ("removed", "command")
+    assert not any(r.source == "reconcile" for r in rows)
+
+
+async def test_a_retried_create_wins_over_a_pass_that_would_mark_it_failed(
+    db: Database, fake: FakeEvolution, faulty: FaultyEvolution, client: EvolutionClient
+) -> None:
+    manager = InstanceManager(db, client, HOOK)
+    faulty.fault = Fault("5xx", "/instance/create")
+    assert not (await manager.criar_instancia(NAME, "5511900000001"))["sucesso"]
+    unconfirmed = await chip_named(db, NAME)
+
+    async def retry_starts() -> None:  # the retry claims the chip before calling Evolution
+        await lifecycle_touch(db, unconfirmed)
+
+    meddling = _Meddling(retry_starts, transport=fake.transport())
+    await _reconciler(db, meddling).run()
+    await meddling.aclose()
+
+    assert (await chip_named(db, NAME)).status == "pending", "the pass stood back"
+    assert (await manager.criar_instancia(NAME, "5511900000001"))["sucesso"]
+    assert NAME in fake.instances
+
+
+async def lifecycle_touch(db: Database, chip: Any) -> None:
+    from evochips import lifecycle
+
+    await lifecycle.touch(db, chip)
+
+
+async def test_other_peoples_instances_do_not_starve_the_pass(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    for n in range(60):
+        _created_elsewhere(fake, f"someone-{n:02d}", "http://other.test/hook")
+    _created_elsewhere(fake, "zz-ours", HOOK.url)
+
+    report = await _reconciler(db, client, max_actions=5).run()
+
+    ours = [f for f in report.findings if f.instance_name == "zz-ours"]
+    assert [(f.kind, f.action) for f in ours] == [("orphan_instance", "adopted")]
+    assert len([f for f in report.findings if f.kind == "foreign_instance"]) == 60
+
+
+async def test_a_lost_logout_is_found_though_the_instance_shows_a_new_qr(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    manager = InstanceManager(db, client, HOOK)
+    await _open_chip(manager, fake)
+    # Logged out on the phone while evochips was away; Evolution restarted and connects
+    # again for a new QR, keeping the reason it closed.
+    fake.instances[NAME].state = "connecting"
+    fake.instances[NAME].disconnection_reason = 401
+
+    report = await _reconciler(db, client).run()
+
+    assert [(f.kind, f.action) for f in report.findings] == [
+        ("session_lost", "synced (logged_out)")]  # fmt: skip
+    assert (await chip_named(db, NAME)).status == "pending"
+    second = await _reconciler(db, client).run()  # then it follows the new connection
+    assert [f.kind for f in second.findings] == ["state_differs"]
+    chip = await chip_named(db, NAME)
+    assert (chip.status, chip.connection_state) == ("pending", "connecting")
+    assert (await _reconciler(db, client).run()).findings == []

@@ -36,7 +36,9 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
     try:
         report = asyncio.run(run())
     except (EvolutionError, DatabaseUnavailable) as exc:
-        raise click.ClickException(f"reconcile did not run: {exc}") from exc
+        raise click.ClickException(
+            f"reconcile pass stopped (corrections made before this are kept): {exc}"
+        ) from exc
     if report is None:
         raise click.ClickException("another replica is running a pass; try again shortly")
     if as_json:
