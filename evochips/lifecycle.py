@@ -109,6 +109,7 @@ async def register(
         async with db.write() as session:
             if await _live_chip(session, instance_name) is not None:
                 raise RegistrationConflict(f"instance name {instance_name!r} is already in use")
+            await _check_unambiguous(session, instance_name, chip_id)
             existing = await lock_chip(session, Chip.id == chip_id) if chip_id else None
             floor = await _last_seen(session, instance_name)
             if existing is None:
@@ -420,6 +421,22 @@ async def _last_seen(session: AsyncSession, instance_name: str) -> datetime | No
             WebhookEventRow.instance_name == instance_name
         )
     )
+
+
+async def _check_unambiguous(
+    session: AsyncSession, instance_name: str, chip_id: str | None
+) -> None:
+    """A chip is found by its id or by its instance name, so neither may be another
+    chip's other one: a chip id that is some chip's name would make that name find two."""
+    names_a_chip = Chip.id == instance_name
+    if chip_id is not None:
+        names_a_chip |= (Chip.instance_name == chip_id) & (Chip.id != chip_id)
+    clash = await session.scalar(select(Chip.id).where(names_a_chip).limit(1))
+    if clash is not None:
+        raise RegistrationConflict(
+            f"chip id {chip_id!r} or instance name {instance_name!r} is another chip's "
+            "name or id; pick one that names nothing else"
+        )
 
 
 async def lock_chip(session: AsyncSession, condition: Any) -> Chip | None:

@@ -106,6 +106,9 @@ def error_code(exc: Exception) -> str:
     code = getattr(exc, "code", None)
     if isinstance(code, str):
         return code
+    if isinstance(exc, EvolutionRejected) and exc.retryable:
+        # A 5xx (Evolution's or a proxy's) says "not now", not "no".
+        return "evolution_unavailable"
     return next(name for kind, name in ERROR_CODES if isinstance(exc, kind))
 
 

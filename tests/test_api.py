@@ -300,7 +300,8 @@ async def test_check_logout_reconnect_and_delete(
     again = await api.delete(f"/api/v1/chips/{chip['id']}")
     assert again.status_code == 200 and "already deleted" in again.json()["message"]
     assert (await api.get("/api/v1/chips/loja-1")).json()["status"] == "deleted"
-    _error(await api.post("/api/v1/chips/loja-1/logout"), 404, "not_found")
+    error = _error(await api.post("/api/v1/chips/loja-1/logout"), 409, "invalid_transition")
+    assert "deleted" in error["message"]
     await assert_history_consistent(db, chip["id"])
 
 
@@ -410,3 +411,63 @@ async def test_the_fleet_feed_filters_and_exports_incrementally(api: httpx.Async
     error = _error(await api.get("/api/v1/transitions?since=yesterday&source=fax&limit=x"), 400,
                    "validation")  # fmt: skip
     assert set(error["fields"]) == {"since", "source", "limit"}
+
+
+# -- found by trying to break it ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("ref", ["%00", "a%00b", "x" * 65, "a.b", "%C3%A9", "a%20b"])
+async def test_a_reference_no_chip_could_have_is_404_on_every_route(
+    api: httpx.AsyncClient, ref: str
+) -> None:
+    for method, suffix in [("GET", ""), ("DELETE", ""), ("GET", "/qrcode"),
+                           ("POST", "/logout"), ("GET", "/transitions")]:  # fmt: skip
+        response = await api.request(method, f"/api/v1/chips/{ref}{suffix}")
+        error = _error(response, 404, "not_found")
+        assert len(error["message"]) < 200
+
+
+@pytest.mark.parametrize("key", ["[9223372036854775808]", "[-1]", "[1.5]", '["\u0000"]', "[true]"])
+async def test_a_forged_cursor_is_400_never_500(api: httpx.AsyncClient, key: str) -> None:
+    import base64
+
+    cursor = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+    for path in ("/api/v1/transitions", "/api/v1/chips/loja-1/transitions"):
+        _error(await api.get(f"{path}?cursor={cursor}"), 400, "validation")
+    chips_cursor = base64.urlsafe_b64encode(rb'["2026-12-03T19:37:56+00:00", "\u0000"]')
+    _error(await api.get(f"/api/v1/chips?cursor={chips_cursor.decode()}"), 400, "validation")
+
+
+async def test_a_chip_id_may_not_be_another_chips_name(api: httpx.AsyncClient) -> None:
+    other = await _create(api, "race2")
+    body = {"instance_name": "amb1", "telefone": "5511900000041", "chip_id": "race2"}
+    _error(await api.post("/api/v1/chips", json=body), 409, "name_in_use")
+    named_as_id = {"instance_name": other["id"], "telefone": "5511900000041"}
+    _error(await api.post("/api/v1/chips", json=named_as_id), 409, "name_in_use")
+    assert (await api.get("/api/v1/chips/race2")).json()["id"] == other["id"]
+
+
+async def test_evolution_answering_5xx_is_503_with_retry_after(db: Database) -> None:
+    fake = FakeEvolution()
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/instance/create":
+            body = {"status": 503, "error": "Service Unavailable", "response": {"message": ["x"]}}
+            return json_response(503, body)
+        return fake.handle(request)
+
+    async with _client(db, evolution_with(failing)) as api:
+        body = {"instance_name": "loja-1", "telefone": "5511900000001"}
+        response = await api.post("/api/v1/chips", json=body)
+    _error(response, 503, "evolution_unavailable")
+    assert response.headers["retry-after"]
+
+
+async def test_repeated_parameters_and_an_oversized_declared_body_are_refused(
+    api: httpx.AsyncClient,
+) -> None:
+    error = _error(await api.get("/api/v1/chips?limit=1&limit=2"), 400, "validation")
+    assert error["fields"] == {"limit": "given more than once"}
+    oversized = await api.post("/api/v1/chips", content=b"{}",
+                               headers={"content-length": "100000"})  # fmt: skip
+    _error(oversized, 413, "body_too_large")

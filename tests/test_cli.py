@@ -166,3 +166,10 @@ async def test_audit_export_streams_jsonl_and_csv_and_continues_after_an_id(
     assert [json.loads(line)["trigger"] for line in only.stdout.splitlines()] == ["connected"]
     bad = await asyncio.to_thread(evochips, "audit", "export", "--since", "yesterday", env=env)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+def test_audit_export_refuses_an_id_past_64_bits(tmp_path: Path) -> None:
+    env = {"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)}
+    result = evochips("audit", "export", "--after-id", "99999999999999999999", env=env)
+    assert result.returncode == 2 and "--after-id" in result.stderr
+    assert "Traceback" not in result.stderr

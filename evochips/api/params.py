@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from evochips.api.errors import ApiError, invalid
 
 MAX_BODY_BYTES = 64 * 1024
+CURSOR_TEXT = re.compile(r"[A-Za-z0-9:.+_-]{1,64}")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 
 
@@ -37,6 +39,8 @@ def unknown_params(request: Request, known: set[str], problems: Problems) -> Non
     for name in request.query_params:
         if name not in known:
             problems.add(name, "unknown query parameter")
+        elif len(request.query_params.getlist(name)) > 1:
+            problems.add(name, "given more than once")
 
 
 def choice(request: Request, name: str, allowed: list[str], problems: Problems) -> str | None:
@@ -108,16 +112,26 @@ def decode_cursor(
     if not (
         isinstance(key, list)
         and len(key) == len(shape)
-        and all(isinstance(item, kind) and not isinstance(item, bool)
-                for item, kind in zip(key, shape, strict=True))
-    ):  # fmt: skip
+        and all(_fits(item, kind) for item, kind in zip(key, shape, strict=True))
+    ):
         problems.add("cursor", "is not a cursor this list returned")
         return None
     return key
 
 
+def _fits(item: Any, kind: type) -> bool:
+    """A cursor item of the right type, and one the database can take: an id within a
+    64-bit integer, a key of the characters chip ids and times are made of."""
+    if kind is int:
+        return type(item) is int and 0 <= item < 2**63
+    return isinstance(item, str) and CURSOR_TEXT.fullmatch(item) is not None
+
+
 async def json_object(request: Request) -> dict[str, Any]:
     """The request body as a JSON object, read no further than ``MAX_BODY_BYTES``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError("body_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():

@@ -13,6 +13,7 @@ import functools
 import hmac
 import io
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ from evochips.statemachine import (
 logger = logging.getLogger(__name__)
 
 PREFIX = "/api/v1"
+CHIP_REF = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CREATE_SCOPE = "POST /api/v1/chips"
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -120,9 +122,23 @@ class _Api:
 
     async def _chip(self, request: Request) -> Chip:
         ref = request.path_params["chip"]
-        chip = await queries.find(self._db, ref) if len(ref) <= 64 else None
+        # Ids and instance names are made of these; anything else names no chip (and a
+        # NUL would not even reach PostgreSQL).
+        chip = await queries.find(self._db, ref) if CHIP_REF.fullmatch(ref) else None
         if chip is None:
-            raise ApiError("not_found", f"no chip with id or instance name {ref!r}")
+            shown = ref if len(ref) <= 64 else ref[:64] + "..."
+            raise ApiError("not_found", f"no chip with id or instance name {shown!r}")
+        return chip
+
+    async def _live_chip(self, request: Request) -> Chip:
+        """The chip a command acts on: a deleted one is there, but takes no command."""
+        chip = await self._chip(request)
+        if chip.deleted_at is not None:
+            raise ApiError(
+                "invalid_transition",
+                f"chip {chip.instance_name!r} is deleted (status 'deleted'); it takes no "
+                "command until it is created again",
+            )
         return chip
 
     async def _chip_body(self, chip_id: str) -> dict[str, Any]:
@@ -142,7 +158,9 @@ class _Api:
         key = request.headers.get("idempotency-key")
         if key is None:
             answer = await self._create(instance_name, telefone, chip_id)
-            return ApiJSONResponse(answer.body, status_code=answer.status_code)
+            return ApiJSONResponse(
+                answer.body, status_code=answer.status_code, headers=_retry_headers(answer)
+            )
         idempotency.check_key(key)
         request_hash = idempotency.fingerprint(body)
         earlier = await idempotency.claim(self._db, CREATE_SCOPE, key, request_hash)
@@ -208,7 +226,7 @@ class _Api:
 
     async def qrcode(self, request: Request) -> Response:
         _no_params(request)
-        chip = await self._chip(request)
+        chip = await self._live_chip(request)
         result = _succeeded(await self.manager.obter_qr_code(chip.instance_name))
         answer = {key: result[key] for key in ("qr_code", "code", "connected")}
         if "image/png" not in request.headers.get("accept", ""):
@@ -221,14 +239,14 @@ class _Api:
 
     async def connection_check(self, request: Request) -> Response:
         _no_params(request)
-        chip = await self._chip(request)
+        chip = await self._live_chip(request)
         result = _succeeded(await self.manager.verificar_conexao(chip.instance_name))
         body = {"state": result["state"], "connected": result["connected"]}
         return ApiJSONResponse({**body, "chip": await self._chip_body(chip.id)})
 
     async def logout(self, request: Request) -> Response:
         _no_params(request)
-        chip = await self._chip(request)
+        chip = await self._live_chip(request)
         result = _succeeded(await self.manager.desconectar_instancia(chip.instance_name, chip.id))
         return ApiJSONResponse(
             {"message": result["message"], "chip": await self._chip_body(chip.id)}
@@ -236,7 +254,7 @@ class _Api:
 
     async def reconnect(self, request: Request) -> Response:
         _no_params(request)
-        chip = await self._chip(request)
+        chip = await self._live_chip(request)
         result = _succeeded(await self.manager.reconectar_instancia(chip.instance_name, chip.id))
         return ApiJSONResponse({
             "message": result["message"],
@@ -264,7 +282,7 @@ class _Api:
             if name != "trigger":
                 problems.add(name, "unknown field")
         problems.raise_if_any()
-        chip = await self._chip(request)
+        chip = await self._live_chip(request)
         result = _succeeded(await self.manager.transicionar(chip.instance_name, str(trigger)))
         return ApiJSONResponse(
             {"message": result["message"], "chip": await self._chip_body(chip.id)}
@@ -314,12 +332,12 @@ def _creation(body: dict[str, Any]) -> tuple[str, str, str | None]:
     problems = Problems()
     instance_name = body.get("instance_name")
     if not isinstance(instance_name, str) or not INSTANCE_NAME.fullmatch(instance_name):
-        problems.add("instance_name", "required: 1 to 64 letters, digits, '-' or '_'")
+        problems.add("instance_name", "required, 1 to 64 letters, digits, '-' or '_'")
     telefone = body.get("telefone")
     try:
         telefone = normalise_phone(telefone)  # type: ignore[arg-type]
     except InvalidInput:
-        problems.add("telefone", "required: a phone number of 10 to 15 digits")
+        problems.add("telefone", "required, a phone number with 10 to 15 digits")
     chip_id = body.get("chip_id")
     if chip_id is not None and (not isinstance(chip_id, str) or not CHIP_ID.fullmatch(chip_id)):
         problems.add("chip_id", "1 to 36 letters, digits or '-'")

@@ -18,7 +18,14 @@ from evochips.lifecycle import Source
 from evochips.statemachine import ChipStatus, Trigger
 
 PAGE = 1000
-_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S"]
+_FORMATS = [
+    "%Y-%m-%d",
+    "%Y-%m-%dT%H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S%z",
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%dT%H:%M:%S.%f",
+    "%Y-%m-%dT%H:%M:%S.%f%z",
+]  # what the export prints, too
 
 
 @click.group(help="Query the audit trail of every chip.")
