@@ -40,7 +40,7 @@ def audit() -> None:
 @click.option("--until", type=click.DateTime(_FORMATS), help="Recorded before (UTC).")
 @click.option(
     "--after-id",
-    type=click.IntRange(0),
+    type=click.IntRange(0, 2**63 - 1),
     default=0,
     show_default=True,
     help="Only transitions with a larger id (the last id of an earlier export).",
