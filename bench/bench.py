@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,9 @@ def serving(
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--log-level", "warning", "--no-access-log",
                "--app-dir", str(BENCH)]  # fmt: skip
-    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT)
+    # The servers' own logs (a line per delivery) go nowhere: written, not shown.
+    process = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -129,15 +131,17 @@ def evochips_env(database_url: str) -> dict[str, str]:
 
 
 @contextmanager
-def database(kind: str) -> Iterator[str]:
-    """A fresh, migrated evochips database with ``CHIPS`` chips, deleted afterwards."""
+def database(kind: str, *, seed: bool = True) -> Iterator[str]:
+    """A fresh, migrated evochips database with ``CHIPS`` chips (unless not ``seed``),
+    deleted afterwards."""
     from evochips.db.migrate import upgrade
 
     if kind == "sqlite":
         folder = Path(tempfile.mkdtemp(prefix="evochips-bench-"))
         url = f"sqlite+aiosqlite:///{folder / 'bench.db'}"
         upgrade(url)
-        asyncio.run(_seed(url))
+        if seed:
+            asyncio.run(_seed(url))
         try:
             yield url
         finally:
@@ -149,7 +153,8 @@ def database(kind: str) -> Iterator[str]:
     sqlalchemy_url = url.replace("postgresql://", "postgresql+asyncpg://")
     try:
         upgrade(sqlalchemy_url)
-        asyncio.run(_seed(sqlalchemy_url))
+        if seed:
+            asyncio.run(_seed(sqlalchemy_url))
         yield sqlalchemy_url
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -178,7 +183,7 @@ async def _seed(url: str) -> None:
 # -- load generators -----------------------------------------------------------------------
 
 WRK_SCRIPT = """
-local kind, chips, secret = "%(kind)s", %(chips)d, "%(secret)s"
+local kind, chips, secret, day = "%(kind)s", %(chips)d, "%(secret)s", "%(day)s"
 local counter, threads = 0, %(threads)d
 id = 0
 local message = [[%(message)s]]
@@ -192,7 +197,7 @@ function request()
   local chip = string.format("bench-%%04d", n %% chips)
   local round = math.floor(n / chips)
   local ms = round * 1000 + (n %% chips)
-  local stamp = string.format("2025-10-21T%%02d:%%02d:%%02d.%%03dZ",
+  local stamp = day .. string.format("T%%02d:%%02d:%%02d.%%03dZ",
     math.floor(ms / 3600000) %% 24, math.floor(ms / 60000) %% 60,
     math.floor(ms / 1000) %% 60, ms %% 1000)
   local state = '"connecting","statusReason":200'
@@ -204,13 +209,13 @@ end
 """
 
 
-def body_for(kind: str, n: int) -> bytes:
+def body_for(kind: str, n: int, day: str = "2025-01-01") -> bytes:
     """The same bodies the wrk script makes, for the Python generator."""
     if kind == "unhandled":
         return json.dumps(MESSAGE_BODY).encode()
     chip, round_ = f"bench-{n % CHIPS:04d}", n // CHIPS
     ms = round_ * 1000 + n % CHIPS
-    stamp = (f"2025-10-21T{ms // 3600000 % 24:02d}:{ms // 60000 % 60:02d}:"
+    stamp = (f"{day}T{ms // 3600000 % 24:02d}:{ms // 60000 % 60:02d}:"
              f"{ms // 1000 % 60:02d}.{ms % 1000:03d}Z")  # fmt: skip
     state = {"state": "connecting", "statusReason": 200}
     if kind == "changing" and round_ % 2 == 1:
@@ -218,6 +223,15 @@ def body_for(kind: str, n: int) -> bytes:
     body = {"event": "connection.update", "instance": chip, "data": {"instance": chip, **state},
             "date_time": stamp}  # fmt: skip
     return json.dumps(body).encode()
+
+
+_days = iter(range(1, 10**6))
+
+
+def next_day() -> str:
+    """Each load run sends its events on a later day than the one before, so that a run
+    on a database an earlier run used sends new events, not copies of old ones."""
+    return (date(2025, 1, 1) + timedelta(days=next(_days))).isoformat()
 
 
 def throughput(url: str, kind: str, options: Options) -> tuple[float, int]:
@@ -230,7 +244,7 @@ def throughput(url: str, kind: str, options: Options) -> tuple[float, int]:
 def _wrk(url: str, kind: str, options: Options) -> tuple[float, int]:
     threads = 2
     script = WRK_SCRIPT % {"kind": kind, "chips": CHIPS, "secret": SECRET, "threads": threads,
-                           "message": json.dumps(MESSAGE_BODY)}  # fmt: skip
+                           "message": json.dumps(MESSAGE_BODY), "day": next_day()}  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
         file.write(script)
     command = ["wrk", "-t", str(threads), "-c", str(options.connections),
@@ -245,6 +259,7 @@ def _wrk(url: str, kind: str, options: Options) -> tuple[float, int]:
 async def _python_load(url: str, kind: str, options: Options) -> tuple[float, int]:
     """A closed-loop generator in this process (the server runs in others)."""
     counter = iter(range(10**9))
+    day = next_day()
     failures = 0
     done = 0
     deadline = time.monotonic() + options.duration
@@ -253,7 +268,9 @@ async def _python_load(url: str, kind: str, options: Options) -> tuple[float, in
     async def sender(client: httpx.AsyncClient) -> None:
         nonlocal failures, done
         while time.monotonic() < deadline:
-            answer = await client.post("/webhooks/evolution", content=body_for(kind, next(counter)))
+            answer = await client.post(
+                "/webhooks/evolution", content=body_for(kind, next(counter), day)
+            )
             done += 1
             failures += answer.status_code >= 300
 
@@ -269,10 +286,11 @@ async def _fixed_rate(url: str, kind: str, rate: int, seconds: float) -> list[fl
     latencies: list[float] = []
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30,
                                  limits=httpx.Limits(max_connections=200)) as client:  # fmt: skip
+        day = next_day()
 
         async def one(n: int) -> None:
             started = time.perf_counter()
-            await client.post("/webhooks/evolution", content=body_for(kind, n))
+            await client.post("/webhooks/evolution", content=body_for(kind, n, day))
             latencies.append((time.perf_counter() - started) * 1000)
 
         tasks = []
@@ -338,7 +356,7 @@ def _durable_ours(kind: str, workers: int, options: Options, errors: list[int]) 
 
 
 def _durable_reference(kind: str, mode: str, workers: int, options: Options) -> float:
-    with database(kind) as url:
+    with database(kind, seed=False) as url:
         raw = url.replace("postgresql+asyncpg://", "postgresql://")
         raw = raw.replace("sqlite+aiosqlite:///", "")
         return _served("reference:app", {"BENCH_MODE": mode, "BENCH_DATABASE": raw}, workers,
@@ -419,14 +437,15 @@ async def _count_round_trips(url: str) -> float:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://b",
                                  headers={"x-evochips-token": SECRET}) as client:  # fmt: skip
         for n in range(200):  # the first round: each chip starts connecting
-            await client.post("/webhooks/evolution", content=body_for("changing", n))
+            await client.post("/webhooks/evolution", content=body_for("changing", n, "2025-02-01"))
         for name in ("before_cursor_execute", "commit", "rollback"):
             event.listen(db.engine.sync_engine, name, counted)
         if db.engine.dialect.name == "postgresql":
             event.listen(db.engine.sync_engine, "begin", counted)
         applied = 0
         for n in range(CHIPS, CHIPS + 200):  # the second round closes each: a real change
-            answer = await client.post("/webhooks/evolution", content=body_for("changing", n))
+            body = body_for("changing", n, "2025-02-01")
+            answer = await client.post("/webhooks/evolution", content=body)
             applied += answer.json().get("outcome") == "applied"
     await db.dispose()
     return trips / max(applied, 1)
