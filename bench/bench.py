@@ -284,13 +284,17 @@ async def _fixed_rate(url: str, kind: str, rate: int, seconds: float) -> list[fl
     """Open-loop load at ``rate`` requests per second; the latency of each, in ms."""
     headers = {"x-evochips-token": SECRET, "content-type": "application/json"}
     latencies: list[float] = []
+    failures: list[int] = []
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30,
                                  limits=httpx.Limits(max_connections=200)) as client:  # fmt: skip
         day = next_day()
 
         async def one(n: int) -> None:
             started = time.perf_counter()
-            await client.post("/webhooks/evolution", content=body_for(kind, n, day))
+            try:
+                await client.post("/webhooks/evolution", content=body_for(kind, n, day))
+            except httpx.TransportError:  # overloaded: counts, at the time it took to fail
+                failures.append(n)
             latencies.append((time.perf_counter() - started) * 1000)
 
         tasks = []
@@ -299,6 +303,8 @@ async def _fixed_rate(url: str, kind: str, rate: int, seconds: float) -> list[fl
             await asyncio.sleep(max(0.0, begin + n / rate - time.perf_counter()))
             tasks.append(asyncio.create_task(one(n)))
         await asyncio.gather(*tasks)
+    if failures:
+        print(f"  {len(failures)} of {len(latencies)} requests failed at {rate} req/s", flush=True)
     return latencies
 
 

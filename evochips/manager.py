@@ -82,6 +82,18 @@ class _Unconfirmed(EvolutionUnavailable):
         self.code = error_code(cause)
 
 
+class _Unrecorded(DatabaseUnavailable):
+    """Evolution created the instance, and the database failed to record what it said."""
+
+    def __init__(self, chip: Chip, cause: DatabaseUnavailable) -> None:
+        super().__init__(
+            f"instance {chip.instance_name!r} was created in Evolution, but recording it "
+            f"failed ({cause}); create it again with the same name and phone to finish "
+            "(reconciliation also finishes it)"
+        )
+        self.fields = {"chip_id": chip.id, "instance_name": chip.instance_name}
+
+
 # Each expected failure with the ``error_code`` its dict carries, most specific first, so
 # that callers (the HTTP API) can tell failures apart without parsing sentences.
 ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
@@ -203,9 +215,12 @@ class InstanceManager:
             raise
         except (EvolutionUnavailable, EvolutionProtocolError) as exc:
             raise _Unconfirmed(chip, exc) from exc
-        await lifecycle.remember_instance(self._db, chip.id, created.instance_id)
-        qr = created.qr if created.qr is not None and created.qr.ready else None
-        stored = qr is not None and await self._store_qr(chip, qr, Source.COMMAND)
+        try:
+            await lifecycle.remember_instance(self._db, chip.id, created.instance_id)
+            qr = created.qr if created.qr is not None and created.qr.ready else None
+            stored = qr is not None and await self._store_qr(chip, qr, Source.COMMAND)
+        except DatabaseUnavailable as exc:
+            raise _Unrecorded(chip, exc) from exc
         return {
             "chip_id": chip.id,
             "instance_name": instance_name,

@@ -494,3 +494,26 @@ async def test_a_name_that_contains_disconnected_does_not_trigger_a_logout(db: D
 
     assert result["sucesso"] is False and "something else" in result["error"]
     assert calls == ["DELETE /instance/delete/chip-disconnected"]
+
+
+async def test_a_create_whose_recording_fails_names_its_chip(
+    db: Database,
+    manager: InstanceManager,
+    evolution: FakeEvolution,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from evochips import lifecycle
+    from evochips.db import DatabaseUnavailable
+
+    async def busy(*args: object, **kwargs: object) -> None:
+        raise DatabaseUnavailable("database is busy")
+
+    monkeypatch.setattr(lifecycle, "remember_instance", busy)
+    result = await manager.criar_instancia("chip-0001", "5511900000001")
+
+    assert result["sucesso"] is False and result["error_code"] == "database_unavailable"
+    assert result["chip_id"] == (await chip_named(db, "chip-0001")).id
+    assert "created in Evolution" in result["error"] and "chip-0001" in evolution.instances
+    monkeypatch.undo()
+    finished = await manager.criar_instancia("chip-0001", "5511900000001")
+    assert finished["sucesso"] and finished["chip_id"] == result["chip_id"]

@@ -415,3 +415,15 @@ async def test_a_failure_at_any_statement_of_a_late_event_leaves_none_of_its_wri
     chip = await chip_named(db, "chip-fail-1")
     assert (chip.status, chip.connection_state) == ("warming", "close")
     assert (await steps(db, "chip-fail-1"))[-1] == "connected:pending->warming"
+
+
+async def test_a_refused_secret_is_logged_without_the_secret(
+    receiver: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    wrong = "wrong-secret-value-0000000000000000"
+    response = await receiver.post(f"/webhooks/evolution/k/{wrong}", json=OPEN, headers={})
+    assert response.status_code == 401
+    logged = [r.getMessage() for r in caplog.records if r.name == "evochips.receiver.app"]
+    assert any("webhook refused" in line for line in logged)
+    assert not any(wrong in line for line in logged)

@@ -31,6 +31,8 @@ async def test_no_secret_reaches_logs_bodies_or_metadata(
     await given_chip(db, "chip-0002", "pending", "close")
     qr = load_json(SAMPLES / "v2-webhook-qrcode-updated-pairing-code.json")
     qr["apikey"] = INSTANCE_TOKEN
+    # v1 and the global webhook carry the secret in the URL, which Evolution echoes back.
+    qr["destination"] = f"https://chips.example.com/webhooks/evolution/k/{SECRET}/qrcode-updated"
     qr["data"]["qrcode"] |= {"code": QR_CODE, "base64": QR_IMAGE, "pairingCode": PAIRING}
     opened = load_json(SAMPLES / "v2-webhook-connection-update-open.json")
     opened |= {"instance": "chip-0002", "apikey": INSTANCE_TOKEN}

@@ -33,6 +33,8 @@ MAX_PAIRING_CODE_LENGTH = 32
 MAX_QR_LENGTH = 512 * 1024
 _EVENT_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# The webhook secret in a URL path (see evochips.receiver.auth): /webhooks/evolution/k/<secret>
+_PATH_SECRET = re.compile(r"(/webhooks/evolution/k/)[^/?#\s]*")
 _SECRET_KEYS = frozenset({"apikey", "base64", "code", "pairingCode", "token", "hash", "jwt_key"})
 
 # Close reasons after which Evolution v2 does not reconnect by itself and a new QR is
@@ -132,6 +134,8 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(item) for item in value]
     if isinstance(value, str):
+        if "/k/" in value:  # Evolution echoes the delivery URL (``destination``) it used
+            value = _PATH_SECRET.sub(r"\1" + REDACTED, value)
         return _storable(value)
     return value
 

@@ -54,6 +54,12 @@ def create_app(
 
     async def receive(request: Request) -> Response:
         if not is_authentic(request, webhook_secret):
+            # Evolution never retries a 401, so each of these is an event lost for good.
+            logger.warning(
+                "webhook refused: missing or wrong secret (%s %s from %s)",
+                request.method, _loggable(request.url.path),
+                request.client.host if request.client else "?",
+            )  # fmt: skip
             return _error(401, "missing or wrong webhook secret")
         try:
             delivery = await read_delivery(request, max_body_bytes)
