@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -115,6 +116,18 @@ class Chip(Base):
     # Set by reconciliation when a pending chip has waited too long without a QR (Evolution
     # can stay "connecting" with no QR for ever); cleared when a QR comes or the chip opens.
     stuck_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Set (our clock) when the connection dropped from open three times within a minute of
+    # Evolution's date_time; ``drops`` counts the drops since ``drops_since`` (Evolution's
+    # date_time of the first in the window).
+    unstable_since: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    drops: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    drops_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    # Why the instance cannot work as a WhatsApp chip (a non-Baileys integration, say).
+    misconfigured: Mapped[str | None] = mapped_column(String(255))
+    # The paired number as E.164, from the owner JID, and whether it differs from
+    # ``telefone`` by more than Brazil's ninth digit.
+    owner_number: Mapped[str | None] = mapped_column(String(20))
+    number_mismatch: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
@@ -151,6 +164,8 @@ class WebhookEventRow(Base):
     # first one's row instead of adding a row each time.
     repeats: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     last_received_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # Byte-for-byte copies of this delivery received after it, counted here, not stored.
+    copies: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     chip_id: Mapped[str | None] = mapped_column(ForeignKey("chips.id", ondelete="RESTRICT"))
     # What the delivery told the state machine, kept so that late deliveries can be
     # replayed in order without reading bodies again.
