@@ -39,6 +39,8 @@ class Settings:
     reconcile_interval: float = 60.0
     reconcile_orphans: str = "report"
     stuck_after: float = 600.0
+    # The largest webhook body read for an event evochips handles; larger ones get 413.
+    max_webhook_bytes: int = 1024 * 1024
 
     @property
     def webhook_url(self) -> str:
@@ -87,6 +89,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         reconcile_interval=_seconds(env, "EVOCHIPS_RECONCILE_INTERVAL", 60.0),
         reconcile_orphans=_orphans(env),
         stuck_after=_seconds(env, "EVOCHIPS_STUCK_AFTER", 600.0),
+        max_webhook_bytes=_bytes(env, "EVOCHIPS_MAX_WEBHOOK_BYTES", 1024 * 1024),
     )
 
 
@@ -101,6 +104,17 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not 0 <= seconds <= 86_400 * 7:
         raise SettingsError(f"{name} must be a number of seconds from 0 to 604800, not {value!r}.")
     return seconds
+
+
+def _bytes(env: Mapping[str, str], name: str, default: int) -> int:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or not 1024 <= int(value) <= 1024**3:
+        raise SettingsError(
+            f"{name} must be a number of bytes from 1024 to 1073741824, not {value!r}."
+        )
+    return int(value)
 
 
 def _orphans(env: Mapping[str, str]) -> str:

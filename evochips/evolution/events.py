@@ -21,6 +21,17 @@ from evochips.statemachine import Trigger
 HANDLED_EVENTS = frozenset(
     {"CONNECTION_UPDATE", "QRCODE_UPDATED", "LOGOUT_INSTANCE", "REMOVE_INSTANCE", "STATUS_INSTANCE"}
 )
+# Every other event Evolution v1.8 or v2 sends: a "webhook by events" URL suffix naming
+# one of these is enough to know a delivery is not evochips' business.
+UNHANDLED_EVENTS = frozenset({
+    "APPLICATION_STARTUP", "MESSAGES_SET", "MESSAGES_UPSERT", "MESSAGES_EDITED",
+    "MESSAGES_UPDATE", "MESSAGES_DELETE", "SEND_MESSAGE", "SEND_MESSAGE_UPDATE",
+    "CONTACTS_SET", "CONTACTS_UPSERT", "CONTACTS_UPDATE", "PRESENCE_UPDATE", "CHATS_SET",
+    "CHATS_UPSERT", "CHATS_UPDATE", "CHATS_DELETE", "GROUPS_UPSERT", "GROUP_UPDATE",
+    "GROUP_PARTICIPANTS_UPDATE", "LABELS_EDIT", "LABELS_ASSOCIATION", "CALL",
+    "NEW_JWT_TOKEN", "TYPEBOT_START", "TYPEBOT_CHANGE_STATUS", "CHAMA_AI_ACTION",
+    "INSTANCE_CREATE", "INSTANCE_DELETE",
+})  # fmt: skip
 REDACTED = "[redacted]"
 UNNAMED = "UNKNOWN"  # the event of a body that names none
 MAX_EVENT_LENGTH = 64

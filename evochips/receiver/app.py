@@ -62,7 +62,9 @@ def create_app(
             )  # fmt: skip
             return _error(401, "missing or wrong webhook secret")
         try:
-            delivery = await read_delivery(request, max_body_bytes)
+            delivery = await read_delivery(
+                request, max_body_bytes, request.path_params.get("suffix")
+            )
         except BodyTooLarge:
             return _error(413, f"body larger than {max_body_bytes} bytes")
         if isinstance(delivery, Skimmed):

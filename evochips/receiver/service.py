@@ -29,6 +29,7 @@ def build_app(settings: Settings) -> Starlette:
     return create_app(
         db,
         settings.webhook_secret,
+        max_body_bytes=settings.max_webhook_bytes,
         on_shutdown=close,
         api=api_routes(db, manager, settings.api_keys),
         background=reconcile if settings.reconcile_interval > 0 else None,
