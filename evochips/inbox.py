@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -297,6 +297,22 @@ async def _count_repeat(
     return int(last.id)
 
 
+async def _count_copy(session: AsyncSession, dedupe_key: str) -> int:
+    """Add one to the copies of the delivery that owns ``dedupe_key``; returns its id.
+
+    Evolution retries up to ten times and may send each event twice (instance and global
+    webhook), so copies are counted, not stored: the table grows by deliveries that mean
+    something, not by retries."""
+    counted = await session.execute(
+        update(WebhookEventRow)
+        .where(WebhookEventRow.dedupe_key == dedupe_key, text(KEY_OWNERS))
+        .values(copies=WebhookEventRow.copies + 1, last_received_at=utcnow())
+        .returning(WebhookEventRow.id)
+        .execution_options(synchronize_session=False)
+    )
+    return int(counted.scalar_one())
+
+
 async def _store_event(
     session: AsyncSession,
     event: WebhookEvent,
@@ -304,7 +320,8 @@ async def _store_event(
     detail: str | None,
     chip_id: str | None = None,
 ) -> WebhookResult:
-    """Insert the delivery's row; a copy of a delivery that owns its key is ``duplicate``."""
+    """Insert the delivery's row; a copy of a delivery that owns its key is ``duplicate``
+    and is counted on that delivery's row instead of stored."""
     values = {
         "dedupe_key": event.dedupe_key,
         "instance_name": event.instance,
@@ -333,9 +350,7 @@ async def _store_event(
     event_id = (await session.execute(first)).scalar_one_or_none()
     if event_id is None:
         outcome, detail = Outcome.DUPLICATE, "delivered before"
-        values.update(outcome=outcome.value, detail=detail, body=None)
-        copy = insert(WebhookEventRow).values(**values).returning(WebhookEventRow.id)
-        event_id = (await session.execute(copy)).scalar_one()
+        event_id = await _count_copy(session, event.dedupe_key)
     log_after_commit(
         session, logger, "webhook %s for %r: %s", event.event, event.instance, outcome.value
     )

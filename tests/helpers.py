@@ -51,6 +51,13 @@ async def outcomes(db: Database) -> list[str]:
         return list(rows)
 
 
+async def copies(db: Database) -> list[int]:
+    """Each stored delivery's count of copies received after it, in delivery order."""
+    async with db.read() as session:
+        rows = await session.scalars(select(WebhookEventRow.copies).order_by(WebhookEventRow.id))
+        return list(rows)
+
+
 async def count(db: Database, model: type[Any]) -> int:
     async with db.read() as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
