@@ -9,22 +9,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 from starlette.routing import Route
 
 from evochips.api.openapi import document
-from evochips.api.routes import api_routes
-from evochips.db import Database
+from evochips.receiver.service import build_app
+from evochips.settings import load
 from tests.servers import free_port, receiver_env, serving_evochips
 
 KEY = "api-key-0123456789abcdefghij"
 
 
 def test_the_document_names_exactly_the_routes_the_api_serves() -> None:
-    db = Database("sqlite+aiosqlite:///:memory:")
+    """Read from the app ``evochips serve`` runs, so a route added anywhere counts."""
+    env = {**receiver_env("sqlite+aiosqlite:///:memory:", 8000), "EVOCHIPS_API_KEYS": KEY}
+    app = build_app(load(env))
     served = {
         (method, route.path)
-        for route in api_routes(db, None, (KEY,))
-        if isinstance(route, Route)
+        for route in app.routes
+        if isinstance(route, Route) and route.path.startswith("/api/")
         for method in route.methods or ()
         if method != "HEAD"
     }
@@ -86,6 +89,20 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
         serving_evochips(sandbox_port, env, *sandbox, ready="/"),
         serving_evochips(port, env),
     ):
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/chips",
+            json={"instance_name": "fuzzed-01", "telefone": "5511900000001"},
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        # The routes that take a chip get this one, by id (which a re-attachment under
+        # another name keeps): without it every {chip} answers 404, and schemathesis
+        # would never see those routes succeed.
+        (tmp_path / "schemathesis.toml").write_text(
+            f'[parameters]\n"path.chip" = "{created.json()["chip"]["id"]}"\n\n'
+            '[warnings]\nfail-on = ["missing_test_data"]\n'
+        )
         result = subprocess.run(
             command,
             cwd=tmp_path,  # schemathesis keeps its example database in the working directory
@@ -95,3 +112,4 @@ def test_schemathesis_finds_no_server_error_and_no_answer_off_the_schema(
         )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+    assert "Missing test data" not in result.stdout, result.stdout[-3000:]
