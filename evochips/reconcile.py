@@ -135,11 +135,18 @@ class Reconciler:
                 await (pass_.missing(chip) if info is None else pass_.present(chip, info))
             except (InvalidTransition, ChipNotFound, ChipMoved) as exc:
                 # A command or webhook changed the chip during the pass: it decides.
-                logger.info("reconcile: %r moved during the pass: %s", chip.instance_name, exc)
+                detail = f"changed during the pass ({exc})"
+                pass_.found("moved", chip.instance_name, chip.id, detail, "left alone")
+            except EvolutionError as exc:
+                # One instance Evolution cannot answer for must not hold up the others.
+                pass_.found("error", chip.instance_name, chip.id, str(exc), "left alone")
         live_names = {chip.instance_name for chip in chips}
         for name, info in instances.items():
             if name not in live_names:
-                await pass_.orphan(info)
+                try:
+                    await pass_.orphan(info)
+                except EvolutionError as exc:
+                    pass_.found("error", name, None, str(exc), "left alone")
         return pass_.report
 
 
@@ -161,7 +168,7 @@ class _Pass:
         self.budget -= 1
         return True
 
-    def _found(self, kind: str, name: str, chip_id: str | None, detail: str, action: str) -> None:
+    def found(self, kind: str, name: str, chip_id: str | None, detail: str, action: str) -> None:
         if self.dry_run and action not in ("left alone", "nothing to do"):
             action = f"would be {action} (dry run)"
         self.report.findings.append(Finding(kind, name, chip_id, detail, action))
@@ -180,7 +187,7 @@ class _Pass:
         unconfirmed = chip.evolution_instance_id is None and chip.status == ChipStatus.PENDING
         if unconfirmed and self.now - chip.updated_at < settings.create_grace:
             detail = "no instance yet; its create may still be running"
-            self._found("create_in_flight", chip.instance_name, chip.id, detail, "left alone")
+            self.found("create_in_flight", chip.instance_name, chip.id, detail, "left alone")
             return
         if not self._spend():
             return
@@ -189,36 +196,38 @@ class _Pass:
             return
         if unconfirmed:
             detail = "Evolution never created the instance (its create got no answer)"
-            self._found("create_failed", chip.instance_name, chip.id, detail, "marked failed")
             await self._fire(chip, Trigger.REJECTED, {"reason": detail})
+            self.found("create_failed", chip.instance_name, chip.id, detail, "marked failed")
             return
         detail = "the instance is missing from Evolution"
-        self._found("instance_missing", chip.instance_name, chip.id, detail, "deleted")
         await self._fire(chip, Trigger.REMOVED, {"reason": detail})
+        self.found("instance_missing", chip.instance_name, chip.id, detail, "deleted")
 
     # -- a chip and its instance -------------------------------------------------------------
 
     async def present(self, chip: Chip, info: InstanceInfo) -> None:
         if chip.evolution_instance_id is None and info.instance_id is not None:
             detail = "the create went through but its answer was lost"
-            self._found("create_confirmed", chip.instance_name, chip.id, detail, "adopted")
             if not self.dry_run:
                 await lifecycle.remember_instance(self.r._db, chip.id, info.instance_id)
+                # That write moved the chip's version on; what follows starts from it.
+                chip = await _reread(self.r._db, chip)
+            self.found("create_confirmed", chip.instance_name, chip.id, detail, "adopted")
         lost = _lost_session(chip, info)
         if lost is not None:
             if not self._spend():
                 return
             detail = (f"Evolution closed the session ({info.disconnection_reason}) and "
                       f"is {info.state} again; the chip is still {chip.status}")  # fmt: skip
-            self._found("session_lost", chip.instance_name, chip.id, detail, f"synced ({lost})")
             note = {"reason": detail, "disconnection_reason": info.disconnection_reason}
             await self._fire(chip, lost, note)
+            self.found("session_lost", chip.instance_name, chip.id, detail, f"synced ({lost})")
             return
         if _state_of(info) not in (None, chip.connection_state) and not _finer(chip, info):
             await self._sync(chip, info)
         if await self._is_stuck(chip):
             detail = f"pending with no QR for over {self.r._settings.stuck_after}"
-            self._found("stuck", chip.instance_name, chip.id, detail, "flagged")
+            self.found("stuck", chip.instance_name, chip.id, detail, "flagged")
             if not self.dry_run:
                 await _flag_stuck(self.r._db, chip.id, self.now)
 
@@ -239,12 +248,9 @@ class _Pass:
         elif live == "close" and info.disconnection_reason == _BANNED_REASON:
             trigger = Trigger.BANNED
         detail = f"Evolution says {live}, the chip says {chip.connection_state}"
-        self._found("state_differs", chip.instance_name, chip.id, detail, f"synced ({trigger})")
         note = {"reason": detail, "disconnection_reason": info.disconnection_reason}
-        try:
-            await self._fire(chip, trigger, {k: v for k, v in note.items() if v is not None})
-        except InvalidTransition as exc:  # a webhook moved it meanwhile
-            logger.info("reconcile: %s", exc)
+        await self._fire(chip, trigger, {k: v for k, v in note.items() if v is not None})
+        self.found("state_differs", chip.instance_name, chip.id, detail, f"synced ({trigger})")
 
     async def _is_stuck(self, chip: Chip) -> bool:
         """Pending, no QR shown, and nothing has changed for ``stuck_after``: measured from
@@ -278,16 +284,16 @@ class _Pass:
         ours = earlier is not None or await self._posts_to_us(info.name)
         if not ours:
             detail = "no chip has it, and it does not post its webhooks to evochips"
-            self._found("foreign_instance", info.name, None, detail, "left alone")
+            self.found("foreign_instance", info.name, None, detail, "left alone")
             return
         detail = "an instance evochips created has no live chip"
         if self.r._settings.orphans is OrphanPolicy.REPORT:
-            self._found("orphan_instance", info.name, earlier.id if earlier else None, detail,
+            self.found("orphan_instance", info.name, earlier.id if earlier else None, detail,
                         "reported (set EVOCHIPS_RECONCILE_ORPHANS=adopt to adopt it)")  # fmt: skip
             return
         if not self._spend():
             return
-        self._found("orphan_instance", info.name, earlier.id if earlier else None, detail,
+        self.found("orphan_instance", info.name, earlier.id if earlier else None, detail,
                     "adopted")  # fmt: skip
         if not self.dry_run:
             await self._adopt(info, earlier)
@@ -346,6 +352,14 @@ def _state_of(info: InstanceInfo) -> str | None:
 def _finer(chip: Chip, info: InstanceInfo) -> bool:
     """``refused`` is only known from a webhook; Evolution's list calls it ``close``."""
     return chip.connection_state == ConnectionState.REFUSED and info.state == "close"
+
+
+async def _reread(db: Database, chip: Chip) -> Chip:
+    async with db.read() as session:
+        fresh = await session.get(Chip, chip.id)
+    if fresh is None:
+        raise ChipNotFound(chip.id)
+    return fresh
 
 
 async def _live_chips(db: Database) -> list[Chip]:

@@ -347,7 +347,7 @@ async def test_a_chip_deleted_during_a_pass_is_left_to_that_delete(
     report = await _reconciler(db, client).run()
     await client.aclose()
 
-    assert [f.kind for f in report.findings] == ["instance_missing"]
+    assert [(f.kind, f.action) for f in report.findings] == [("moved", "left alone")]
     rows = await transitions(db, chip.id)
     assert [(r.trigger, r.source) for r in rows][-1] == ("removed", "command")
     assert not any(r.source == "reconcile" for r in rows)
@@ -413,3 +413,29 @@ async def test_a_lost_logout_is_found_though_the_instance_shows_a_new_qr(
     chip = await chip_named(db, NAME)
     assert (chip.status, chip.connection_state) == ("pending", "connecting")
     assert (await _reconciler(db, client).run()).findings == []
+
+
+async def test_one_instance_evolution_cannot_answer_for_holds_up_no_other(
+    db: Database, fake: FakeEvolution, faulty: FaultyEvolution, client: EvolutionClient
+) -> None:
+    from tests.chips import given_chip
+
+    manager = InstanceManager(db, client, HOOK)
+    assert (await manager.criar_instancia("chip-a", "5511900000001"))["sucesso"]
+    fake.instances["chip-a"].state = "open"  # the chip still says connecting
+    gone = await given_chip(db, "chip-b", "warming", "open")  # Evolution has no chip-b
+    faulty.fault = Fault("5xx", "/instance/connectionState/chip-a")
+
+    report = await _reconciler(db, client).run()
+
+    assert [(f.kind, f.instance_name, f.action) for f in report.findings] == [
+        ("error", "chip-a", "left alone"),
+        ("instance_missing", "chip-b", "deleted"),
+    ]
+    assert (await chip_named(db, "chip-b")).status == "deleted"
+    rows = await transitions(db, gone.id)
+    assert (rows[-1].source, rows[-1].meta["reason"]) == (
+        "reconcile", "the instance is missing from Evolution",
+    )  # fmt: skip
+    again = await _reconciler(db, client).run()  # the next pass takes chip-a up again
+    assert [(f.kind, f.instance_name) for f in again.findings] == [("state_differs", "chip-a")]
