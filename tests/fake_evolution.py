@@ -195,6 +195,8 @@ class FakeEvolution:
             status, text = recorded("32")
             return status, _named(text, RECORDED_NAME, instance.name)
         instance.state = "close"
+        # An API logout ends the socket with 401, which Evolution stores (reference 3.4).
+        instance.disconnection_reason = 401
         return recorded("53")
 
     def _delete(self, instance: FakeInstance) -> tuple[int, str]:

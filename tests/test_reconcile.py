@@ -33,7 +33,7 @@ from evochips.reconcile import (
     run_once,
     take_lease,
 )
-from tests.fake_evolution import GLOBAL_KEY, FakeEvolution
+from tests.fake_evolution import GLOBAL_KEY, FakeEvolution, recorded
 from tests.helpers import assert_history_consistent, chip_named, transitions
 
 HOOK = WebhookTarget("http://evochips.test/webhooks/evolution", {"x-evochips-token": "s"})
@@ -69,6 +69,9 @@ class FaultyEvolution:
         if fault.kind == "5xx":
             body = b'{"status":500,"error":"Internal Server Error","response":{"message":["x"]}}'
             return httpx.Response(500, content=body, headers={"content-type": "application/json"})
+        if fault.kind == "403 name in use":
+            status, text = recorded("14")  # Evolution's own 403 for a name in use
+            return httpx.Response(status, text=text, headers={"content-type": "application/json"})
         self.fake.handle(request)  # Evolution acts on it; its answer is lost
         if fault.kind == "crash after":
             raise Crash(f"after {request.url.path}")
@@ -112,10 +115,8 @@ COMMANDS = {
     "delete": ("/instance/delete", lambda m: m.deletar_instancia(NAME, None)),
     "restart": ("/instance/restart", lambda m: m.reconectar_instancia(NAME, None)),
 }
-FAULTS = ["crash before", "crash after", "timeout after", "5xx", "webhooks lost"]
-MATRIX = [(command, fault) for command in COMMANDS for fault in FAULTS] + [
-    ("create", "403 name in use")
-]
+FAULTS = ["crash before", "crash after", "timeout after", "5xx", "403 name in use", "webhooks lost"]
+MATRIX = [(command, fault) for command in COMMANDS for fault in FAULTS]
 
 
 @pytest.mark.parametrize(("command", "fault"), MATRIX)
@@ -134,7 +135,8 @@ async def test_after_any_fault_two_passes_converge(
         # An earlier create made the instance, and its chip row was lost with a restore.
         _created_elsewhere(fake, NAME, HOOK.url)
     path, call = COMMANDS[command]
-    if fault not in ("webhooks lost", "403 name in use"):
+    if fault != "webhooks lost" and (command, fault) != ("create", "403 name in use"):
+        # For the other commands, Evolution answers the command itself with that 403.
         faulty.fault = Fault(fault, path)
     with contextlib.suppress(Crash):
         await call(manager)
@@ -149,6 +151,8 @@ async def test_after_any_fault_two_passes_converge(
     for name, chip in live.items():
         expected = "open" if fake.instances[name].state == "open" else chip["connection_state"]
         assert chip["connection_state"] == expected, (chip, reports)
+        if fake.instances[name].disconnection_reason == 401:  # logged out, by whoever
+            assert (chip["status"], chip["connection_state"]) == ("pending", "close"), reports
     await _corrections_are_audited(db, reports)
     again = await _reconciler(db, client).run()
     assert [f for f in again.findings if f.action in CORRECTIONS or "synced" in f.action] == []
