@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -36,6 +37,22 @@ logger = logging.getLogger(__name__)
 
 # An arbitrary constant naming the PostgreSQL advisory lock that orders history rows.
 HISTORY_ORDER_LOCK = 0x65766F63
+# A connection that drops from open this many times within the window, by Evolution's
+# date_time, is flapping (v1 loops close/connecting/open on a 440; see README "Limits").
+FLAP_DROPS = 3
+FLAP_WINDOW = timedelta(seconds=60)
+# What a chip whose connection is steady again, or whose number was just logged out or
+# reconnected by hand, goes back to.
+STEADY: dict[str, Any] = {"unstable_since": None, "drops": 0, "drops_since": None}
+# What a chip re-attached to a new instance forgets about the old one.
+_FRESH: dict[str, Any] = {
+    **STEADY,
+    "stuck_since": None,
+    "misconfigured": None,
+    "owner_number": None,
+    "number_mismatch": False,
+}
+REMOVED_BY_EVOLUTION = "Evolution removed the instance (remove.instance)"
 
 
 class Source(enum.StrEnum):
@@ -206,7 +223,8 @@ async def apply_decision(
     webhook_event_id: int | None,
     changes: dict[str, Any] | None = None,
 ) -> Chip:
-    """Write a decision: update the locked chip and, if anything moved, append history."""
+    """Write a decision: update the locked chip and, if anything moved (or the trigger is
+    one that is recorded anyway), append history."""
     now = utcnow()
     values: dict[str, Any] = {
         "status": decision.to_status.value,
@@ -221,6 +239,9 @@ async def apply_decision(
     if decision.trigger is Trigger.CONNECTED:
         values["owner_jid"] = facts.wuid or chip.owner_jid
         values["profile_name"] = facts.profile_name or chip.profile_name
+        values.update(_paired_number(chip, facts.wuid))
+    if decision.trigger is Trigger.REGISTERED:
+        values.update(_FRESH)
     if facts.evolution_date_time is not None and not is_stale(
         facts.evolution_date_time, chip.evolution_date_time
     ):
@@ -229,6 +250,12 @@ async def apply_decision(
         values["deleted_at"] = now
     if chip.stuck_since is not None and _unsticks(decision, facts):
         values["stuck_since"] = None
+    note: dict[str, Any] = {}
+    if source is Source.WEBHOOK:
+        drops, note = _drops(chip, decision, facts, now)
+        values.update(drops)
+        if decision.trigger is Trigger.REMOVED and "reason" not in facts.note:
+            note["reason"] = REMOVED_BY_EVOLUTION
     values.update(changes or {})
     if decision.changed and source is not Source.WEBHOOK:
         values.update(_baseline(chip, values))
@@ -243,7 +270,8 @@ async def apply_decision(
     updated = result.scalar_one_or_none()
     if updated is None:
         raise ConcurrentChange(f"chip {chip.id} changed while locked")
-    if decision.changed:
+    if decision.recorded:
+        facts = replace(facts, note={**facts.note, **note}) if note else facts
         await _append_history(session, chip.id, decision, source, facts, webhook_event_id, now)
         log_after_commit(
             session,
@@ -257,7 +285,60 @@ async def apply_decision(
             decision.to_connection.value,
             source.value,
         )
+    _log_new_flags(session, chip, updated)
     return updated
+
+
+def _drops(
+    chip: Chip, decision: Decision, facts: Facts, now: datetime
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Count a drop from ``open`` (a close, or a bare ``connecting``: v2.3 sends no close
+    for a transient drop), windowed by Evolution's date_time, never by our clock; the drop
+    that makes the chip unstable marks its history row. Returns the chip's new values and
+    the note for the row. A drop without a date_time cannot be placed, so is not counted."""
+    dropped = (
+        decision.from_connection is ConnectionState.OPEN
+        and decision.to_connection is not ConnectionState.OPEN
+    )
+    at = facts.evolution_date_time
+    if not dropped or at is None:
+        return {}, {}
+    if chip.drops_since is None or at - chip.drops_since > FLAP_WINDOW:
+        values: dict[str, Any] = {"drops": 1, "drops_since": at}
+    else:
+        values = {"drops": chip.drops + 1}
+    if values["drops"] < FLAP_DROPS or chip.unstable_since is not None:
+        return values, {}
+    return {**values, "unstable_since": now}, {"unstable": True}
+
+
+def _paired_number(chip: Chip, wuid: str | None) -> dict[str, Any]:
+    """The number WhatsApp paired, from its JID, and whether it is not the registered one."""
+    number = owner_number(wuid)
+    if number is None:
+        return {}
+    return {"owner_number": number, "number_mismatch": not same_number(number, chip.telefone)}
+
+
+def _log_new_flags(session: AsyncSession, before: Chip, after: Chip) -> None:
+    """One line when a flag goes up, not one per event that keeps it up."""
+    if before.unstable_since is None and after.unstable_since is not None:
+        log_after_commit(
+            session,
+            logger,
+            "chip %r is unstable: its connection dropped %d times within %d s",
+            after.instance_name,
+            after.drops,
+            FLAP_WINDOW.seconds,
+        )
+    if after.number_mismatch and not before.number_mismatch:
+        log_after_commit(
+            session,
+            logger,
+            "chip %r paired %s, not its registered number",
+            after.instance_name,
+            after.owner_number,
+        )
 
 
 class QrEffect(enum.Enum):
@@ -472,6 +553,59 @@ async def remember_instance(db: Database, chip_id: str, instance_id: str | None)
                 evolution_instance_id=instance_id, version=Chip.version + 1, updated_at=utcnow()
             )
         )
+
+
+async def flag_misconfigured(db: Database, chip_id: str, reason: str) -> None:
+    """Say why the chip's instance cannot work as a WhatsApp number; not a state change."""
+    async with db.write() as session:
+        await session.execute(
+            update(Chip)
+            .where(Chip.id == chip_id)
+            .values(misconfigured=reason[:255], version=Chip.version + 1, updated_at=utcnow())
+        )
+
+
+async def clear_unstable(db: Database, chip_id: str, expected_version: int | None = None) -> bool:
+    """Take the unstable flag down and forget the drops counted so far; with
+    ``expected_version``, only if the chip has not changed since. Returns whether it did."""
+    where = [Chip.id == chip_id]
+    if expected_version is not None:
+        where.append(Chip.version == expected_version)
+    async with db.write() as session:
+        cleared = await session.execute(
+            update(Chip)
+            .where(*where)
+            .values(**STEADY, version=Chip.version + 1, updated_at=utcnow())
+        )
+    return bool(cleared.rowcount)  # type: ignore[attr-defined]
+
+
+# The user part of a phone JID is the number, maybe with ":device"; a "@lid" JID hides it.
+_PHONE_JID = re.compile(r"([0-9]{8,15})(?::[0-9]+)?(?:@(?:s\.whatsapp\.net|c\.us))?")
+
+
+def owner_number(jid: str | None) -> str | None:
+    """The E.164 number of a WhatsApp JID (``5511900000005:12@s.whatsapp.net`` gives
+    ``+5511900000005``), a Brazilian mobile with its ninth digit; None for a JID that
+    does not carry a phone number."""
+    match = _PHONE_JID.fullmatch(jid or "")
+    return None if match is None else "+" + _with_ninth_digit(match[1])
+
+
+def same_number(one: str, other: str) -> bool:
+    """Whether two phone numbers are one once reduced to digits, a Brazilian mobile with
+    and without its ninth digit being the same number."""
+    digits = [_with_ninth_digit(re.sub(r"[^0-9]", "", number)) for number in (one, other)]
+    return digits[0] == digits[1]
+
+
+def _with_ninth_digit(digits: str) -> str:
+    """Brazil put a 9 in front of every mobile number (2012-2016; they began with 6 to 9
+    before), and WhatsApp accounts older than that keep the old 12-digit form in their JID."""
+    area, first = digits[2:4], digits[4:5]
+    if len(digits) == 12 and digits.startswith("55") and "0" not in area and first in "6789":
+        return f"{digits[:4]}9{digits[4:]}"
+    return digits
 
 
 async def find_chip(db: Database, instance_name: str, *, include_deleted: bool = False) -> Chip:

@@ -217,6 +217,10 @@ class InstanceManager:
             raise _Unconfirmed(chip, exc) from exc
         try:
             await lifecycle.remember_instance(self._db, chip.id, created.instance_id)
+            if created.misconfigured is not None:
+                # Never taken as paired: only a connection.update open with a wuid is.
+                logger.info("instance %r misconfigured: %s", instance_name, created.misconfigured)
+                await lifecycle.flag_misconfigured(self._db, chip.id, created.misconfigured)
             qr = created.qr if created.qr is not None and created.qr.ready else None
             stored = qr is not None and await self._store_qr(chip, qr, Source.COMMAND)
         except DatabaseUnavailable as exc:
@@ -251,8 +255,14 @@ class InstanceManager:
         chip = await self._owned_chip(instance_name, chip_id)
         outcome = await self._evolution.logout(instance_name)
         note = {"evolution": outcome.value}
+        # A new session starts with a clean slate: drops of the old one are not counted.
         await lifecycle.fire(
-            self._db, chip.id, Trigger.LOGGED_OUT, Source.COMMAND, Facts(note=note)
+            self._db,
+            chip.id,
+            Trigger.LOGGED_OUT,
+            Source.COMMAND,
+            Facts(note=note),
+            changes=lifecycle.STEADY,
         )
         if outcome is LogoutOutcome.NOT_CONNECTED:
             return {"message": f"instance {instance_name} was not connected; chip logged out"}
@@ -287,6 +297,9 @@ class InstanceManager:
             if not (has_qr or is_open):  # v1 answers a closed instance's state; v2 count 0
                 answer = await self._evolution.connect(instance_name)
         result = await self._connect_result(chip, answer)
+        if chip.unstable_since is not None or chip.drops:
+            # Someone acted on the flapping; drops from here on count afresh.
+            await lifecycle.clear_unstable(self._db, chip.id)
         if result["connected"]:
             message = f"instance {instance_name} is connected; no QR needed"
         elif result["qr_code"] is None:
@@ -390,7 +403,9 @@ class InstanceManager:
                 f"Evolution says {instance_name!r} is in use but does not list it"
             )
         logger.info("instance %r adopted: an earlier create had made it", instance_name)
-        return CreatedInstance(instance_id=info.instance_id, status=info.state, qr=None)
+        return CreatedInstance(
+            instance_id=info.instance_id, status=info.state, qr=None, integration=info.integration
+        )
 
     async def _forget(self, chip: Chip, exc: EvolutionRejected) -> None:
         """Evolution refused the create: the chip did not come to exist."""

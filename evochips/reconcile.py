@@ -12,7 +12,12 @@ instance, and corrects what differs through the state machine, with source
 - the connection state differs: the chip follows the live state (asked with
   ``connectionState``, because ``fetchInstances`` reports what Evolution last stored).
   A ``refused`` chip is not moved to the coarser ``close``;
-- a ``pending`` chip has had no QR for ``stuck_after``: it is flagged as stuck;
+- a ``pending`` chip has had no QR for ``stuck_after``: it is flagged as stuck, with a
+  ``flagged_stuck`` history row;
+- an unstable chip (see ``evochips.lifecycle``) has stayed open, unchanged, for
+  ``unstable_clear_after``: its flag comes down;
+- the instance is not a Baileys one: the chip is flagged misconfigured, and the "open"
+  such an instance always reports is not followed;
 - an instance evochips created has no chip: it is adopted or reported, by setting.
 
 Every action is idempotent, so a pass that dies half-way is simply run again. Work per
@@ -30,7 +35,7 @@ import socket
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -41,7 +46,7 @@ from evochips.db import Chip, ChipTransition, Database, DatabaseUnavailable, Lea
 from evochips.db.models import utcnow
 from evochips.evolution.client import EvolutionClient
 from evochips.evolution.errors import EvolutionError
-from evochips.evolution.shapes import InstanceInfo, WebhookTarget
+from evochips.evolution.shapes import InstanceInfo, WebhookTarget, wrong_integration
 from evochips.lifecycle import ChipMoved, ChipNotFound, Facts, RegistrationConflict, Source
 from evochips.settings import Settings
 from evochips.statemachine import ChipStatus, ConnectionState, InvalidTransition, Trigger
@@ -76,6 +81,7 @@ class ReconcileSettings:
     create_grace: timedelta = timedelta(minutes=2)
     max_actions: int = 50
     max_lookups: int = 500
+    unstable_clear_after: timedelta = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,7 @@ class Reconciler:
         tuned = ReconcileSettings(
             orphans=OrphanPolicy(settings.reconcile_orphans),
             stuck_after=timedelta(seconds=settings.stuck_after),
+            unstable_clear_after=timedelta(seconds=settings.unstable_clear_after),
         )
         return cls(db, evolution, webhook, tuned)
 
@@ -174,11 +181,21 @@ class _Pass:
         self.report.findings.append(Finding(kind, name, chip_id, detail, action))
         logger.info("reconcile: %s %r: %s; %s", kind, name, detail, action)
 
-    async def _fire(self, chip: Chip, trigger: Trigger, note: dict[str, Any]) -> None:
-        """Correct ``chip`` unless it changed since the pass read it (raises ChipMoved)."""
-        if not self.dry_run:
-            await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE,
-                                 Facts(note=note), expected_version=chip.version)  # fmt: skip
+    async def _fire(
+        self,
+        chip: Chip,
+        trigger: Trigger,
+        note: dict[str, Any],
+        changes: dict[str, Any] | None = None,
+    ) -> Chip:
+        """Correct ``chip`` unless it changed since the pass read it (raises ChipMoved);
+        returns the chip as it is now (as it was, in a dry run)."""
+        if self.dry_run:
+            return chip
+        applied = await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE,
+                                       Facts(note=note), changes,
+                                       expected_version=chip.version)  # fmt: skip
+        return applied.chip
 
     # -- a chip whose instance Evolution does not list -------------------------------------
 
@@ -206,6 +223,17 @@ class _Pass:
     # -- a chip and its instance -------------------------------------------------------------
 
     async def present(self, chip: Chip, info: InstanceInfo) -> None:
+        if _replaced(chip, info):
+            # Deleted and made again under the same name (by someone else, or by hand):
+            # the chip's own instance is gone. The new one is judged as an orphan once the
+            # chip no longer holds its name, in the next pass.
+            if not self._spend():
+                return
+            detail = (f"the instance {chip.evolution_instance_id} is gone; its name now "
+                      f"belongs to another instance, {info.instance_id}")  # fmt: skip
+            await self._fire(chip, Trigger.REMOVED, {"reason": detail})
+            self.found("instance_replaced", chip.instance_name, chip.id, detail, "deleted")
+            return
         if chip.evolution_instance_id is None and info.instance_id is not None:
             detail = "the create went through but its answer was lost"
             if not self.dry_run:
@@ -213,6 +241,8 @@ class _Pass:
                 # That write moved the chip's version on; what follows starts from it.
                 chip = await _reread(self.r._db, chip)
             self.found("create_confirmed", chip.instance_name, chip.id, detail, "adopted")
+        if await self._misconfigured(chip, info):
+            return
         lost = _lost_session(chip, info)
         if lost is not None:
             if not self._spend():
@@ -224,50 +254,82 @@ class _Pass:
             self.found("session_lost", chip.instance_name, chip.id, detail, f"synced ({lost})")
             return
         if _state_of(info) not in (None, chip.connection_state) and not _finer(chip, info):
-            await self._sync(chip, info)
+            chip = await self._sync(chip, info)
         if await self._is_stuck(chip):
             detail = f"pending with no QR for over {self.r._settings.stuck_after}"
+            note = {"reason": detail, "remedy": "logout and connect, or delete and create"}
+            await self._fire(chip, Trigger.FLAGGED_STUCK, note, {"stuck_since": self.now})
             self.found("stuck", chip.instance_name, chip.id, detail, "flagged")
-            if not self.dry_run:
-                await _flag_stuck(self.r._db, chip.id, self.now)
+        elif await self._is_steady(chip):
+            wait = self.r._settings.unstable_clear_after
+            detail = f"unstable, but open with no change for {wait}"
+            cleared = self.dry_run or await lifecycle.clear_unstable(
+                self.r._db, chip.id, chip.version
+            )
+            if cleared:
+                self.found("stable_again", chip.instance_name, chip.id, detail, "cleared")
 
-    async def _sync(self, chip: Chip, info: InstanceInfo) -> None:
+    async def _misconfigured(self, chip: Chip, info: InstanceInfo) -> bool:
+        """Whether the chip's instance is not a Baileys one (flagging it, if it was not
+        yet): its state is then not followed, since such an instance reports itself open
+        with nothing paired."""
+        reason = wrong_integration(info.integration)
+        if reason is not None and chip.misconfigured is None:
+            if not self.dry_run:
+                await lifecycle.flag_misconfigured(self.r._db, chip.id, reason)
+            self.found("misconfigured", chip.instance_name, chip.id, reason, "flagged")
+        return reason is not None or chip.misconfigured is not None
+
+    async def _sync(self, chip: Chip, info: InstanceInfo) -> Chip:
+        """The chip after following the live state, if it had to."""
         if not self._spend():
-            return
+            return chip
         # fetchInstances reports what Evolution last stored; the live socket decides.
         live = await self.r._evolution.connection_state(chip.instance_name)
         if live is None or live == chip.connection_state:
-            return
+            return chip
         trigger = _POLLED.get(live)
         if trigger is None:
-            return
+            return chip
         if live == "close" and chip.connection_state == ConnectionState.REFUSED:
-            return
+            return chip
         if live == "close" and info.disconnection_reason in _LOGGED_OUT_REASONS:
             trigger = Trigger.LOGGED_OUT
         elif live == "close" and info.disconnection_reason == _BANNED_REASON:
             trigger = Trigger.BANNED
         detail = f"Evolution says {live}, the chip says {chip.connection_state}"
         note = {"reason": detail, "disconnection_reason": info.disconnection_reason}
-        await self._fire(chip, trigger, {k: v for k, v in note.items() if v is not None})
+        chip = await self._fire(chip, trigger, {k: v for k, v in note.items() if v is not None})
         self.found("state_differs", chip.instance_name, chip.id, detail, f"synced ({trigger})")
+        return chip
 
     async def _is_stuck(self, chip: Chip) -> bool:
-        """Pending, no QR shown, and nothing has changed for ``stuck_after``: measured from
-        the last history row, because a storm of unchanging events still touches the row."""
+        """Pending, no QR shown, and nothing has changed for ``stuck_after``."""
         waiting = (
             chip.status == ChipStatus.PENDING
             and chip.connection_state != ConnectionState.OPEN
             and chip.evolution_qr_code is None
             and chip.stuck_since is None
         )
-        if not waiting:
-            return False
+        return waiting and await self._unchanged_for(chip, self.r._settings.stuck_after)
+
+    async def _is_steady(self, chip: Chip) -> bool:
+        """Unstable, open, and with no drop (nor any other change) for
+        ``unstable_clear_after``: our clock on both sides, the flag's time and the last
+        history row's, never Evolution's date_time."""
+        wait = self.r._settings.unstable_clear_after
+        flagged = chip.unstable_since is not None and self.now - chip.unstable_since >= wait
+        is_open = chip.connection_state == ConnectionState.OPEN
+        return flagged and is_open and await self._unchanged_for(chip, wait)
+
+    async def _unchanged_for(self, chip: Chip, wait: timedelta) -> bool:
+        """Measured from the last history row, because a storm of unchanging events still
+        touches the chip's row."""
         async with self.r._db.read() as session:
             last = await session.scalar(
                 select(func.max(ChipTransition.created_at)).where(ChipTransition.chip_id == chip.id)
             )
-        return last is None or self.now - last >= self.r._settings.stuck_after
+        return last is None or self.now - last >= wait
 
     # -- an instance without a live chip -----------------------------------------------------
 
@@ -330,6 +392,11 @@ class _Pass:
             await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE, Facts(note=note))
 
 
+def _replaced(chip: Chip, info: InstanceInfo) -> bool:
+    known, listed = chip.evolution_instance_id, info.instance_id
+    return known is not None and listed is not None and known != listed
+
+
 def _lost_session(chip: Chip, info: InstanceInfo) -> Trigger | None:
     """A logout or ban whose webhooks were lost, seen in the close reason Evolution keeps
     (v2 only) while the instance is not open: it may already show a new QR, so its state
@@ -379,15 +446,6 @@ async def _latest_chip(db: Database, name: str) -> Chip | None:
             .limit(1)
         )
         return chip
-
-
-async def _flag_stuck(db: Database, chip_id: str, now: datetime) -> None:
-    async with db.write() as session:
-        await session.execute(
-            update(Chip)
-            .where(Chip.id == chip_id, Chip.stuck_since.is_(None))
-            .values(stuck_since=now, version=Chip.version + 1)
-        )
 
 
 async def take_lease(db: Database, holder: str, ttl: timedelta) -> bool:

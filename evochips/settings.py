@@ -39,6 +39,8 @@ class Settings:
     reconcile_interval: float = 60.0
     reconcile_orphans: str = "report"
     stuck_after: float = 600.0
+    # Seconds an unstable chip must stay open, unchanged, before a pass clears the flag.
+    unstable_clear_after: float = 600.0
     # The largest webhook body read for an event evochips handles; larger ones get 413.
     max_webhook_bytes: int = 1024 * 1024
 
@@ -89,6 +91,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         reconcile_interval=_seconds(env, "EVOCHIPS_RECONCILE_INTERVAL", 60.0),
         reconcile_orphans=_orphans(env),
         stuck_after=_seconds(env, "EVOCHIPS_STUCK_AFTER", 600.0),
+        unstable_clear_after=_seconds(env, "EVOCHIPS_UNSTABLE_CLEAR_AFTER", 600.0),
         max_webhook_bytes=_bytes(env, "EVOCHIPS_MAX_WEBHOOK_BYTES", 1024 * 1024),
     )
 

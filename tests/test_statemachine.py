@@ -22,7 +22,7 @@ SIGNALS = {"connecting", "qr_updated", "connected", "disconnected", "logged_out"
            "qr_refused", "removed"}  # fmt: skip
 # Written out by hand, not derived from the table, so a wrong row fails here.
 ALLOWED = {
-    ChipStatus.PENDING: SIGNALS | {"rejected"},
+    ChipStatus.PENDING: SIGNALS | {"rejected", "flagged_stuck"},
     ChipStatus.WARMING: SIGNALS | {"promote"},
     ChipStatus.READY: SIGNALS | {"activate"},
     ChipStatus.ACTIVE: SIGNALS | {"degrade"},
@@ -105,3 +105,13 @@ def test_deleted_chip_ignores_evolution_signals() -> None:
 def test_same_state_is_not_a_change() -> None:
     decision = decide("chip", Trigger.CONNECTING, ChipStatus.PENDING, ConnectionState.CONNECTING)
     assert not decision.changed
+
+
+def test_a_stuck_flag_moves_nothing_but_is_recorded() -> None:
+    flagged = decide("chip", Trigger.FLAGGED_STUCK, ChipStatus.PENDING, ConnectionState.CONNECTING)
+    assert (flagged.to_status, flagged.to_connection) == (
+        ChipStatus.PENDING, ConnectionState.CONNECTING,
+    )  # fmt: skip
+    assert not flagged.changed and flagged.recorded
+    same = decide("chip", Trigger.CONNECTING, ChipStatus.PENDING, ConnectionState.CONNECTING)
+    assert not same.recorded

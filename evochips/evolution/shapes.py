@@ -18,6 +18,9 @@ from evochips.evolution.errors import EvolutionProtocolError
 MAX_ID = 64
 MAX_PAIRING_CODE = 32
 MAX_QR = 512 * 1024
+# The only integration that pairs a number by QR; Evolution's other channels (EVOLUTION,
+# WHATSAPP-BUSINESS) report themselves open with nothing paired (reference section 2.2).
+BAILEYS = "WHATSAPP-BAILEYS"
 
 WEBHOOK_EVENTS = (
     "QRCODE_UPDATED",
@@ -56,6 +59,13 @@ class CreatedInstance:
     instance_id: str | None
     status: str | None
     qr: QrCode | None
+    # As Evolution says it made the instance; None when the answer does not say.
+    integration: str | None = None
+
+    @property
+    def misconfigured(self) -> str | None:
+        """Why the instance cannot be a WhatsApp chip, or None."""
+        return wrong_integration(self.integration)
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,7 @@ class InstanceInfo:
     owner_jid: str | None
     # Why its last session closed (v2 only): 401 logged out, 403 banned, ...
     disconnection_reason: int | None = None
+    integration: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,18 @@ def parse_created(answer: Any) -> CreatedInstance:
         instance_id=text_or_none(instance.get("instanceId"), MAX_ID),
         status=text_or_none(instance.get("status")),
         qr=parse_qr(qrcode) if isinstance(qrcode, dict) else None,
+        integration=text_or_none(instance.get("integration"), MAX_ID),
+    )
+
+
+def wrong_integration(integration: str | None) -> str | None:
+    """Why an instance of ``integration`` cannot be a WhatsApp chip, or None (also when
+    the answer named no integration: v1 lists omit it)."""
+    if integration is None or integration == BAILEYS:
+        return None
+    return (
+        f"the instance's integration is {integration!r}, not {BAILEYS}: Evolution reports "
+        "it open, but it pairs no number"
     )
 
 
@@ -149,9 +172,12 @@ def parse_instances(answer: Any) -> list[InstanceInfo]:
     for item in items:
         row = expect_dict(item, "/instance/fetchInstances")
         v1 = row.get("instance")
+        integration = row.get("integration")
         if isinstance(v1, dict):
             name, instance_id = v1.get("instanceName"), v1.get("instanceId")
             state, owner = v1.get("status"), v1.get("owner")
+            # v1 shows it only with EXPOSE_IN_FETCH_INSTANCES, as an object.
+            integration = integration.get("integration") if isinstance(integration, dict) else None
         else:
             name, instance_id = row.get("name"), row.get("id")
             state, owner = row.get("connectionStatus"), row.get("ownerJid")
@@ -165,6 +191,7 @@ def parse_instances(answer: Any) -> list[InstanceInfo]:
                 state=text_or_none(state),
                 owner_jid=text_or_none(owner),
                 disconnection_reason=reason if type(reason) is int else None,
+                integration=text_or_none(integration, MAX_ID),
             )
         )
     return parsed
@@ -202,7 +229,7 @@ def create_body(version: int, name: str, webhook: WebhookTarget) -> dict[str, An
     """A create request that shows a QR at once and points the instance's webhook at us."""
     common = {
         "instanceName": name,
-        "integration": "WHATSAPP-BAILEYS",
+        "integration": BAILEYS,
         "qrcode": True,
         # v1 answers 400 "Token already exists" to a create without a token once any
         # instance exists (reference section 2.2), so a fresh one is always sent.

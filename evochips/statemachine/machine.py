@@ -49,6 +49,8 @@ class Trigger(enum.StrEnum):
     BANNED = "banned"
     QR_REFUSED = "qr_refused"
     REMOVED = "removed"
+    # Findings of reconciliation's watchdog, by the backend.
+    FLAGGED_STUCK = "flagged_stuck"
     # Lifecycle, by the backend.
     PROMOTE = "promote"
     ACTIVATE = "activate"
@@ -70,33 +72,38 @@ LIVE = [P, *PAIRED, B]
 STAY = None
 
 # fmt: off
-# trigger                 from                to       connection state after
+# trigger                   from                to       connection state after
 TABLE: list[tuple[Trigger, list[ChipStatus], ChipStatus | None, ConnectionState | None]] = [
-    (Trigger.REGISTERED,   [X],                P,       ConnectionState.CLOSE),
-    (Trigger.REJECTED,     [P],                X,       ConnectionState.CLOSE),
-    (Trigger.CONNECTING,   LIVE,               STAY,    ConnectionState.CONNECTING),
-    (Trigger.QR_UPDATED,   LIVE,               STAY,    ConnectionState.CONNECTING),
-    (Trigger.CONNECTED,    [P],                W,       ConnectionState.OPEN),
-    (Trigger.CONNECTED,    [*PAIRED, B],       STAY,    ConnectionState.OPEN),
-    (Trigger.DISCONNECTED, LIVE,               STAY,    ConnectionState.CLOSE),
-    (Trigger.LOGGED_OUT,   [P, *PAIRED],       P,       ConnectionState.CLOSE),
-    (Trigger.LOGGED_OUT,   [B],                STAY,    ConnectionState.CLOSE),
-    (Trigger.BANNED,       LIVE,               B,       ConnectionState.CLOSE),
-    (Trigger.QR_REFUSED,   LIVE,               STAY,    ConnectionState.REFUSED),
-    (Trigger.REMOVED,      LIVE,               X,       ConnectionState.CLOSE),
-    (Trigger.REMOVED,      [X],                STAY,    None),
-    (Trigger.PROMOTE,      [W],                R,       None),
-    (Trigger.ACTIVATE,     [R],                A,       None),
-    (Trigger.DEGRADE,      [A],                D,       None),
-    (Trigger.RESTORE,      [D],                A,       None),
+    (Trigger.REGISTERED,    [X],                P,       ConnectionState.CLOSE),
+    (Trigger.REJECTED,      [P],                X,       ConnectionState.CLOSE),
+    (Trigger.CONNECTING,    LIVE,               STAY,    ConnectionState.CONNECTING),
+    (Trigger.QR_UPDATED,    LIVE,               STAY,    ConnectionState.CONNECTING),
+    (Trigger.CONNECTED,     [P],                W,       ConnectionState.OPEN),
+    (Trigger.CONNECTED,     [*PAIRED, B],       STAY,    ConnectionState.OPEN),
+    (Trigger.DISCONNECTED,  LIVE,               STAY,    ConnectionState.CLOSE),
+    (Trigger.LOGGED_OUT,    [P, *PAIRED],       P,       ConnectionState.CLOSE),
+    (Trigger.LOGGED_OUT,    [B],                STAY,    ConnectionState.CLOSE),
+    (Trigger.BANNED,        LIVE,               B,       ConnectionState.CLOSE),
+    (Trigger.QR_REFUSED,    LIVE,               STAY,    ConnectionState.REFUSED),
+    (Trigger.REMOVED,       LIVE,               X,       ConnectionState.CLOSE),
+    (Trigger.REMOVED,       [X],                STAY,    None),
+    (Trigger.FLAGGED_STUCK, [P],                STAY,    None),
+    (Trigger.PROMOTE,       [W],                R,       None),
+    (Trigger.ACTIVATE,      [R],                A,       None),
+    (Trigger.DEGRADE,       [A],                D,       None),
+    (Trigger.RESTORE,       [D],                A,       None),
 ]
 # fmt: on
 """Each row: a trigger, the statuses it may fire from, the status it leads to (``STAY`` keeps
 the current one) and the connection state it leaves behind (``None`` leaves it as it was).
 A brand-new chip needs no decision: its first history row goes from nothing to ``pending``.
-``REGISTERED`` re-attaches a new instance to a chip whose old one was deleted."""
+``REGISTERED`` re-attaches a new instance to a chip whose old one was deleted.
+``FLAGGED_STUCK`` moves nothing: it records that reconciliation found the chip waiting too
+long for a QR (see ``evochips.reconcile``)."""
 
 LIFECYCLE_TRIGGERS = (Trigger.PROMOTE, Trigger.ACTIVATE, Trigger.DEGRADE, Trigger.RESTORE)
+# Triggers that leave status and connection as they are but are history all the same.
+NOTED_TRIGGERS = frozenset({Trigger.FLAGGED_STUCK})
 
 _MACHINE = Machine(
     model=None,
@@ -135,7 +142,8 @@ class InvalidTransition(Exception):
 
 @dataclass(frozen=True)
 class Decision:
-    """Where a trigger leads a chip; ``changed`` tells whether anything moved."""
+    """Where a trigger leads a chip; ``changed`` tells whether anything moved, and
+    ``recorded`` whether it makes a history row."""
 
     trigger: Trigger
     from_status: ChipStatus
@@ -146,6 +154,10 @@ class Decision:
     @property
     def changed(self) -> bool:
         return (self.from_status, self.from_connection) != (self.to_status, self.to_connection)
+
+    @property
+    def recorded(self) -> bool:
+        return self.changed or self.trigger in NOTED_TRIGGERS
 
 
 @dataclass
