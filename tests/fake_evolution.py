@@ -105,6 +105,8 @@ class FakeEvolution:
             return self._fetch(query.get("instanceName"))
         if method == "GET" and path.startswith("/webhook/find/"):
             return self._find_webhook(path.rsplit("/", 1)[-1])
+        if method == "POST" and path.startswith("/webhook/set/"):
+            return self._set_webhook(path.rsplit("/", 1)[-1], body)
         match = re.fullmatch(r"/instance/(\w+)/([^/]+)", path)
         if match is None:
             return 404, json.dumps(_error(404, "Not Found", [f"Cannot {method} {path}"]))
@@ -171,6 +173,18 @@ class FakeEvolution:
         answer = json.loads(text)
         answer.update(url=instance.webhook_url, instanceId=instance.instance_id)
         return status, json.dumps(answer)
+
+    def _set_webhook(self, name: str, body: Any) -> tuple[int, str]:
+        """v2's set: ``{"webhook": {...}}`` in, 201 with the stored webhook out."""
+        instance = self.instances.get(name)
+        if instance is None:
+            status, text = recorded("23")
+            return status, _named(text, "doesnotexist", name)
+        instance.webhook_url = body["webhook"]["url"]
+        _, text = recorded("13")
+        answer = json.loads(text)
+        answer.update(url=instance.webhook_url, instanceId=instance.instance_id)
+        return 201, json.dumps(answer)
 
     def _connect(self, instance: FakeInstance) -> tuple[int, str]:
         if instance.state == "open":

@@ -443,3 +443,26 @@ async def test_one_instance_evolution_cannot_answer_for_holds_up_no_other(
     )  # fmt: skip
     again = await _reconciler(db, client).run()  # the next pass takes chip-a up again
     assert [(f.kind, f.instance_name) for f in again.findings] == [("state_differs", "chip-a")]
+
+
+async def test_an_instance_made_again_under_the_chips_name_is_not_the_chips(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    manager = InstanceManager(db, client, HOOK)
+    await _open_chip(manager, fake)
+    chip = await chip_named(db, NAME)
+    del fake.instances[NAME]  # removed, and its remove.instance webhook lost
+    _created_elsewhere(fake, NAME, "http://someone-else.test/hook")
+
+    first = await _reconciler(db, client).run()
+    second = await _reconciler(db, client).run()
+
+    assert [(f.kind, f.action) for f in first.findings] == [("instance_replaced", "deleted")]
+    rows = [row for row in await transitions(db, chip.id) if row.trigger == "removed"]
+    assert [(row.source, row.to_status) for row in rows] == [("reconcile", "deleted")]
+    assert chip.evolution_instance_id in rows[0].meta["reason"]
+    # Then the new instance is judged as any instance without a live chip (adopted here).
+    assert [(f.kind, f.action) for f in second.findings] == [("orphan_instance", "adopted")]
+    adopted = await chip_named(db, NAME)
+    assert adopted.evolution_instance_id == fake.instances[NAME].instance_id
+    assert fake.instances[NAME].webhook_url == HOOK.url, "pointed at evochips, as create does"
