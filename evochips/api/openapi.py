@@ -335,6 +335,8 @@ def _schemas(statuses: list[str], connections: list[str], lifecycle: list[str]) 
                 "updated_at",
                 "deleted_at",
                 "has_qr_code",
+                "unstable",
+                "number_mismatch",
                 "allowed_triggers",
             ],
             "properties": {
@@ -358,6 +360,32 @@ def _schemas(statuses: list[str], connections: list[str], lifecycle: list[str]) 
                     "format": "date-time",
                     "description": "Since when reconciliation has seen this pending chip "
                     "wait without a QR; null when it is not stuck.",
+                },
+                "unstable": {
+                    "type": "boolean",
+                    "description": "The connection dropped from open 3 times within 60 s "
+                    "of Evolution's time; cleared once it stays open for "
+                    "EVOCHIPS_UNSTABLE_CLEAR_AFTER, or by a logout or reconnect.",
+                },
+                "unstable_since": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "When evochips found the chip unstable; null when it is not.",
+                },
+                "misconfigured": _nullable(
+                    "string",
+                    description="Why the instance cannot work as a WhatsApp chip (it is not "
+                    "a WHATSAPP-BAILEYS instance); null when nothing is wrong.",
+                ),
+                "owner_number": _nullable(
+                    "string",
+                    description="The number WhatsApp paired, in E.164, from the owner JID "
+                    "(a Brazilian mobile with its ninth digit).",
+                ),
+                "number_mismatch": {
+                    "type": "boolean",
+                    "description": "The paired number is not `telefone` (a Brazilian "
+                    "mobile with or without its ninth digit counts as the same).",
                 },
                 "version": {"type": "integer"},
                 "created_at": time,

@@ -27,7 +27,12 @@ def chips() -> None:
     pass
 
 
-@chips.command("list", help="List live chips.")
+@chips.command(
+    "list",
+    help="List live chips. FLAGS names what needs a look: stuck (no QR comes), unstable "
+    "(the connection keeps dropping), misconfigured (not a WhatsApp instance), "
+    "number_mismatch (another number paired).",
+)
 @click.option("--all", "include_deleted", is_flag=True, help="Include deleted chips.")
 @as_json_option
 def list_chips(include_deleted: bool, as_json: bool) -> None:
@@ -36,9 +41,9 @@ def list_chips(include_deleted: bool, as_json: bool) -> None:
         print_json(rows)
         return
     for row in rows:
-        row["stuck"] = "stuck" if row["stuck_since"] else ""
-    columns = ("instance_name", "status", "connection_state", "stuck", "telefone", "updated_at",
-               "id")  # fmt: skip
+        row["flags"] = ",".join(queries.flags(row))
+    columns = ("instance_name", "status", "connection_state", "flags", "telefone",
+               "owner_number", "updated_at", "id")  # fmt: skip
     print_table(columns, rows)
 
 

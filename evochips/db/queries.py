@@ -29,6 +29,10 @@ CHIP_FIELDS = (
     "profile_name",
     "evolution_date_time",
     "stuck_since",
+    "unstable_since",
+    "misconfigured",
+    "owner_number",
+    "number_mismatch",
     "version",
     "created_at",
     "updated_at",
@@ -165,7 +169,19 @@ def chip_dict(chip: Chip) -> dict[str, Any]:
     """A chip's public fields; the QR and pairing code are reported as present or not."""
     data = _fields(chip, CHIP_FIELDS)
     data["has_qr_code"] = chip.evolution_qr_code is not None
+    data["unstable"] = chip.unstable_since is not None
     return data
+
+
+def flags(chip: dict[str, Any]) -> list[str]:
+    """The names of the flags a chip (as :func:`chip_dict` gives it) has up."""
+    raised = {
+        "stuck": chip["stuck_since"] is not None,
+        "unstable": chip["unstable"],
+        "misconfigured": chip["misconfigured"] is not None,
+        "number_mismatch": chip["number_mismatch"],
+    }
+    return [name for name, up in raised.items() if up]
 
 
 async def _page(db: Database, query: Select[Any], limit: int | None) -> list[Any]:
