@@ -309,11 +309,17 @@ class InstanceManager:
         return {"qr_code": result["qr_code"], "message": message}
 
     @_command(status=None, message=None)
-    async def transicionar(self, instance_name: str, trigger: str) -> Result:
-        """Move a chip through its lifecycle: promote, activate, degrade or restore."""
+    async def transicionar(
+        self, instance_name: str, trigger: str, *, expected_version: int | None = None
+    ) -> Result:
+        """Move a chip through its lifecycle: promote, activate, degrade or restore. With
+        ``expected_version``, only if the chip has not changed since it had that version
+        (error_code ``concurrent_change`` otherwise)."""
         chosen = _lifecycle_trigger(trigger)
         chip = await self._chip(instance_name)
-        applied = await lifecycle.fire(self._db, chip.id, chosen, Source.COMMAND)
+        applied = await lifecycle.fire(
+            self._db, chip.id, chosen, Source.COMMAND, expected_version=expected_version
+        )
         decision = applied.decision
         return {
             "status": decision.to_status.value,

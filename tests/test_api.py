@@ -19,6 +19,7 @@ from evochips.evolution.client import EvolutionClient
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager
 from evochips.receiver import create_app
+from tests.chips import given_chip
 from tests.conftest import AUTH, SAMPLES, SECRET, load_json
 from tests.fake_evolution import GLOBAL_KEY, FakeEvolution
 from tests.helpers import assert_history_consistent, count, evolution_with, json_response
@@ -471,3 +472,45 @@ async def test_repeated_parameters_and_an_oversized_declared_body_are_refused(
     oversized = await api.post("/api/v1/chips", content=b"{}",
                                headers={"content-length": "100000"})  # fmt: skip
     _error(oversized, 413, "body_too_large")
+
+
+async def test_a_transition_can_require_the_version_the_client_saw(
+    api: httpx.AsyncClient,
+) -> None:
+    await _create(api, "loja-1")
+    await _open(api, "loja-1")
+    seen = (await api.get("/api/v1/chips/loja-1")).json()["version"]
+
+    moved = await api.post("/api/v1/chips/loja-1/transitions",
+                           json={"trigger": "promote", "expected_version": seen})  # fmt: skip
+    stale = await api.post("/api/v1/chips/loja-1/transitions",
+                           json={"trigger": "activate", "expected_version": seen})  # fmt: skip
+    bad = await api.post("/api/v1/chips/loja-1/transitions",
+                         json={"trigger": "activate", "expected_version": "1"})  # fmt: skip
+
+    assert moved.status_code == 200 and moved.json()["chip"]["status"] == "ready"
+    assert "changed" in _error(stale, 409, "concurrent_change")["message"]
+    assert set(_error(bad, 400, "validation")["fields"]) == {"expected_version"}
+    assert (await api.get("/api/v1/chips/loja-1")).json()["status"] == "ready"
+
+
+async def test_a_bug_behind_a_route_is_a_500_in_the_error_shape_without_a_traceback(
+    db: Database, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(InstanceManager, "verificar_conexao", broken)
+    manager = InstanceManager(db, EvolutionClient("http://evolution.test", GLOBAL_KEY), HOOK)
+    app = create_app(db, SECRET, api=api_routes(db, manager, (KEY,)))
+    # As uvicorn does: the answer is sent, and the error is not raised into the client.
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://evochips.test",
+                                 headers=BEARER) as client:  # fmt: skip
+        await given_chip(db, "loja-1", "pending", "connecting")
+        answer = await client.post("/api/v1/chips/loja-1/connection-check")
+    await manager.aclose()
+
+    assert _error(answer, 500, "internal")["message"] == "internal error"
+    assert "Traceback" not in answer.text and "ZeroDivisionError" not in answer.text
+    assert any("ZeroDivisionError" in (r.exc_text or "") for r in caplog.records), "logged"

@@ -226,7 +226,17 @@ def document() -> dict[str, Any]:
                                     "type": "object",
                                     "required": ["trigger"],
                                     "additionalProperties": False,
-                                    "properties": {"trigger": {"enum": lifecycle}},
+                                    "properties": {
+                                        "trigger": {"enum": lifecycle},
+                                        "expected_version": {
+                                            "type": "integer",
+                                            "minimum": 1,
+                                            "maximum": 2**31 - 1,
+                                            "description": "Move the chip only if its "
+                                            "version is still this one (409 "
+                                            "concurrent_change otherwise).",
+                                        },
+                                    },
                                 }
                             }
                         },

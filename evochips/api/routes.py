@@ -278,12 +278,19 @@ class _Api:
         problems = Problems()
         if trigger not in allowed:
             problems.add("trigger", f"must be one of {', '.join(allowed)}")
+        expected = body.get("expected_version")
+        if expected is not None and (type(expected) is not int or not 1 <= expected < 2**31):
+            problems.add("expected_version", "must be a chip version, a positive integer")
         for name in body:
-            if name != "trigger":
+            if name not in ("trigger", "expected_version"):
                 problems.add(name, "unknown field")
         problems.raise_if_any()
         chip = await self._live_chip(request)
-        result = _succeeded(await self.manager.transicionar(chip.instance_name, str(trigger)))
+        result = _succeeded(
+            await self.manager.transicionar(
+                chip.instance_name, str(trigger), expected_version=expected
+            )
+        )
         return ApiJSONResponse(
             {"message": result["message"], "chip": await self._chip_body(chip.id)}
         )
