@@ -259,6 +259,8 @@ async def apply_decision(
     values.update(changes or {})
     if decision.changed and source is not Source.WEBHOOK:
         values.update(_baseline(chip, values))
+    # Read before the update: it refreshes ``chip`` itself, the same object as its result.
+    flags_before = _flags(chip)
 
     result = await session.execute(
         update(Chip)
@@ -285,7 +287,7 @@ async def apply_decision(
             decision.to_connection.value,
             source.value,
         )
-    _log_new_flags(session, chip, updated)
+    _log_new_flags(session, flags_before, updated)
     return updated
 
 
@@ -320,9 +322,14 @@ def _paired_number(chip: Chip, wuid: str | None) -> dict[str, Any]:
     return {"owner_number": number, "number_mismatch": not same_number(number, chip.telefone)}
 
 
-def _log_new_flags(session: AsyncSession, before: Chip, after: Chip) -> None:
+def _flags(chip: Chip) -> tuple[bool, bool]:
+    return chip.unstable_since is not None, chip.number_mismatch
+
+
+def _log_new_flags(session: AsyncSession, before: tuple[bool, bool], after: Chip) -> None:
     """One line when a flag goes up, not one per event that keeps it up."""
-    if before.unstable_since is None and after.unstable_since is not None:
+    was_unstable, was_mismatched = before
+    if not was_unstable and after.unstable_since is not None:
         log_after_commit(
             session,
             logger,
@@ -331,7 +338,7 @@ def _log_new_flags(session: AsyncSession, before: Chip, after: Chip) -> None:
             after.drops,
             FLAP_WINDOW.seconds,
         )
-    if after.number_mismatch and not before.number_mismatch:
+    if after.number_mismatch and not was_mismatched:
         log_after_commit(
             session,
             logger,
