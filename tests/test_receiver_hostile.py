@@ -15,8 +15,6 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from evochips import lifecycle
 from evochips.db import Database
@@ -299,122 +297,6 @@ async def test_dates_at_the_calendars_edge_are_no_date(
 @pytest.mark.parametrize("claims", [{"iat": "now", "exp": "later"}, {"iat": True, "exp": 600}])
 async def test_a_signed_jwt_with_odd_times_is_refused(db: Database, claims: dict[str, Any]) -> None:
     assert await _post_with_jwt(db, claims) == 401
-
-
-async def test_a_failure_mid_transaction_leaves_nothing_and_logs_no_success(
-    db: Database,
-    receiver: httpx.AsyncClient,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    await given_chip(db, "chip-0001", "pending", "connecting")
-    caplog.set_level(logging.INFO)
-
-    async def lost_connection(*args: Any, **kwargs: Any) -> None:
-        raise OperationalError("INSERT INTO chip_transitions", {}, ConnectionError("gone"))
-
-    with monkeypatch.context() as patched:
-        patched.setattr(lifecycle, "_append_history", lost_connection)
-        failed = await receiver.post("/webhooks/evolution", json=OPEN)
-    assert failed.status_code == 503
-    assert "applied" not in caplog.text
-    assert await outcomes(db) == [] and (await chip_named(db, "chip-0001")).status == "pending"
-
-    redelivered = await receiver.post("/webhooks/evolution", json=OPEN)
-    assert redelivered.json()["outcome"] == "applied"
-    assert "webhook CONNECTION_UPDATE for 'chip-0001': applied" in caplog.text
-    assert (await chip_named(db, "chip-0001")).status == "warming"
-
-
-class _FailAt:
-    """Counts the statements sessions execute, and fails the ``at``-th one (0: none)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.at = 0
-        self.count = 0
-        real_execute = AsyncSession.execute
-
-        async def execute(session: AsyncSession, *args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            if self.count == self.at:
-                raise OperationalError("injected", {}, ConnectionError("connection lost"))
-            return await real_execute(session, *args, **kwargs)
-
-        monkeypatch.setattr(AsyncSession, "execute", execute)
-
-    def arm(self, at: int) -> None:
-        self.at, self.count = at, 0
-
-
-async def _fails_at_every_statement(
-    db: Database,
-    receiver: httpx.AsyncClient,
-    monkeypatch: pytest.MonkeyPatch,
-    given: Any,
-    body: Any,
-    outcome: str,
-) -> int:
-    """Deliver ``body`` to a fresh chip once per statement applying it takes, failing that
-    statement; each time nothing of it may stay, and Evolution's retry must then apply it.
-    ``given(name)`` prepares the chip. Returns how many statements applying took."""
-    fail = _FailAt(monkeypatch)
-    await given("chip-count")
-    fail.arm(0)
-    response = await receiver.post("/webhooks/evolution", json={**body, "instance": "chip-count"})
-    assert response.json()["outcome"] == outcome
-    statements = fail.count
-    for at in range(1, statements + 1):
-        name = f"chip-fail-{at}"
-        await given(name)
-        before = (await steps(db, name), await outcomes(db))
-        fail.arm(at)
-        response = await receiver.post("/webhooks/evolution", json={**body, "instance": name})
-        fail.arm(0)
-        assert response.status_code == 503, at
-        assert (await steps(db, name), await outcomes(db)) == before, at
-        retried = await receiver.post("/webhooks/evolution", json={**body, "instance": name})
-        assert retried.json()["outcome"] == outcome, at
-    return statements
-
-
-async def test_a_failure_at_any_statement_of_an_event_leaves_none_of_its_writes(
-    db: Database, receiver: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Applying an event is: lock the chip, insert the delivery, update the chip, append
-    history (on PostgreSQL after taking the history's turn)."""
-
-    async def given(name: str) -> None:
-        await given_chip(db, name, "pending", "connecting")
-
-    statements = await _fails_at_every_statement(db, receiver, monkeypatch, given, OPEN, "applied")
-    assert statements == (5 if db.engine.dialect.name == "postgresql" else 4)
-    assert (await steps(db, "chip-fail-1"))[-1] == "connected:pending->warming"
-
-
-async def test_a_failure_at_any_statement_of_a_late_event_leaves_none_of_its_writes(
-    db: Database, receiver: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A late event takes one statement more: lock the chip, insert the delivery, read the
-    deliveries to replay, update the chip, append history."""
-
-    async def given(name: str) -> None:
-        await given_chip(db, name, "pending", "connecting")
-        close = _event({"state": "close", "statusReason": 428}, instance=name,
-                       date_time="2025-10-21T12:05:00Z")  # fmt: skip
-        assert (await receiver.post("/webhooks/evolution", json=close)).status_code == 200
-
-    statements = await _fails_at_every_statement(
-        db,
-        receiver,
-        monkeypatch,
-        given,
-        OPEN,
-        "stale",  # OPEN is 12:04:45, late
-    )
-    assert statements == (6 if db.engine.dialect.name == "postgresql" else 5)
-    chip = await chip_named(db, "chip-fail-1")
-    assert (chip.status, chip.connection_state) == ("warming", "close")
-    assert (await steps(db, "chip-fail-1"))[-1] == "connected:pending->warming"
 
 
 async def test_a_refused_secret_is_logged_without_the_secret(
