@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import jwt
 import pytest
@@ -23,7 +24,7 @@ from evochips.lifecycle import Source
 from evochips.receiver import create_app
 from evochips.statemachine import Trigger
 from tests.chips import given_chip
-from tests.conftest import AUTH, SAMPLES, SECRET, _admin, load_json
+from tests.conftest import AUTH, SAMPLES, SECRET, _admin, _asyncpg_dsn, load_json
 from tests.helpers import chip_named, outcomes, steps
 
 OPEN = load_json(SAMPLES / "v2-webhook-connection-update-open.json")
@@ -223,6 +224,65 @@ async def test_postgres_database_that_does_not_exist_is_503(postgres_url: str) -
     assert (response.status_code, ready.status_code) == (503, 503)
 
 
+class _Impatient(Database):
+    """PostgreSQL with asyncpg giving up on a statement after ``seconds`` (15 s in
+    production), and ``server_settings`` for each connection."""
+
+    def __init__(self, url: str, seconds: float, server_settings: dict[str, str]) -> None:
+        self._seconds, self._server_settings = seconds, server_settings
+        super().__init__(url)
+
+    def _engine_options(self) -> dict[str, Any]:
+        options = super()._engine_options()
+        options["connect_args"] = {
+            **options["connect_args"],
+            "command_timeout": self._seconds,
+            "server_settings": self._server_settings,
+        }
+        return options
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    ("seconds", "server_settings"),
+    [(0.5, {}), (15, {"lock_timeout": "500"}), (15, {"statement_timeout": "500"})],
+    ids=["command-timeout", "lock-timeout", "statement-timeout"],
+)
+async def test_postgres_timing_out_on_a_locked_chip_is_503_and_the_redelivery_applies(
+    db: Database, database_url: str, seconds: float, server_settings: dict[str, str]
+) -> None:
+    """Another transaction holds the chip's row (a long reconciliation pass, a stuck
+    session), and PostgreSQL or the driver gives up waiting: a timeout, 503 to retry."""
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    impatient = _Impatient(database_url, seconds, server_settings)
+    holder = await asyncpg.connect(_asyncpg_dsn(database_url))
+    try:
+        async with _client(impatient, raise_app_exceptions=False) as client:
+            holding = holder.transaction()
+            await holding.start()
+            await holder.execute(
+                "SELECT id FROM chips WHERE instance_name = 'chip-0001' FOR UPDATE"
+            )
+            started = time.monotonic()
+            timed_out = await client.post("/webhooks/evolution", json=OPEN)
+            waited = time.monotonic() - started
+            await holding.rollback()
+            redelivered = await client.post("/webhooks/evolution", json=OPEN)
+    finally:
+        await holder.close()
+        await impatient.dispose()
+
+    assert (timed_out.status_code, timed_out.headers.get("retry-after")) == (503, "5")
+    assert waited < 5, f"answered after {waited:.1f} s, not at the timeout"
+    assert (redelivered.status_code, redelivered.json()["outcome"]) == (200, "applied")
+    assert await outcomes(db) == ["applied"]
+    assert await steps(db, "chip-0001") == [
+        "registered:-->pending",
+        "connecting:pending->pending",
+        "connected:pending->warming",
+    ]
+
+
 class _Broken(Database):
     """A database whose writes fail in a way nobody planned for."""
 
@@ -280,8 +340,11 @@ async def test_many_hostile_deliveries_leave_a_consistent_chip(
     assert (await steps(db, "chip-0001"))[0] == "registered:-->pending"
 
 
-def _client(db: Database) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=create_app(db, SECRET))
+def _client(db: Database, *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
+    """A client of ``db``'s receiver; without ``raise_app_exceptions`` an error the app does
+    not handle is answered 500, as by a server."""
+    app = create_app(db, SECRET)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
     return httpx.AsyncClient(transport=transport, base_url="http://r.test", headers=AUTH)
 
 
