@@ -514,3 +514,16 @@ async def test_a_bug_behind_a_route_is_a_500_in_the_error_shape_without_a_traceb
     assert _error(answer, 500, "internal")["message"] == "internal error"
     assert "Traceback" not in answer.text and "ZeroDivisionError" not in answer.text
     assert any("ZeroDivisionError" in (r.exc_text or "") for r in caplog.records), "logged"
+
+
+async def test_a_chip_shows_its_flags_and_the_number_it_paired(api: httpx.AsyncClient) -> None:
+    chip = await _create(api, "loja-1")
+    assert (chip["unstable"], chip["unstable_since"], chip["misconfigured"]) == (False, None, None)
+    assert (chip["owner_number"], chip["number_mismatch"]) == (None, False)
+
+    await _open(api, "loja-1")
+
+    shown = (await api.get("/api/v1/chips/loja-1")).json()
+    assert (shown["owner_jid"], shown["owner_number"], shown["number_mismatch"]) == (
+        "5511900000001@s.whatsapp.net", "+5511900000001", False,
+    )  # fmt: skip

@@ -39,6 +39,7 @@ GOOD = {
         ({"EVOCHIPS_DATABASE_URL": "mysql://x/y"}, "EVOCHIPS_DATABASE_URL must start with"),
         ({"EVOCHIPS_DATABASE_URL": "::"}, "EVOCHIPS_DATABASE_URL is not a database URL"),
         ({"EVOLUTION_API_VERSION": "3"}, "EVOLUTION_API_VERSION must be 1 or 2"),
+        ({"EVOCHIPS_UNSTABLE_CLEAR_AFTER": "-1"}, "EVOCHIPS_UNSTABLE_CLEAR_AFTER must be a"),
     ],
 )
 def test_a_bad_setting_is_named_in_one_sentence(change: dict[str, str], named: str) -> None:
@@ -166,6 +167,24 @@ async def test_audit_export_streams_jsonl_and_csv_and_continues_after_an_id(
     assert [json.loads(line)["trigger"] for line in only.stdout.splitlines()] == ["connected"]
     bad = await asyncio.to_thread(evochips, "audit", "export", "--since", "yesterday", env=env)
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+async def test_chips_show_and_list_name_a_chips_flags(db: Database, database_url: str) -> None:
+    chip = await given_chip(db, "chip-01", "pending", "close")
+    await lifecycle.flag_misconfigured(db, chip.id, "the instance's integration is 'EVOLUTION'")
+    env = {"EVOCHIPS_DATABASE_URL": database_url}
+
+    shown = await asyncio.to_thread(evochips, "chips", "show", "chip-01", "--json", env=env)
+    listed = await asyncio.to_thread(evochips, "chips", "list", env=env)
+
+    fields = json.loads(shown.stdout)
+    assert fields["misconfigured"] == "the instance's integration is 'EVOLUTION'"
+    assert (fields["unstable"], fields["owner_number"], fields["number_mismatch"]) == (
+        False, None, False,
+    )  # fmt: skip
+    header, row = listed.stdout.splitlines()
+    assert header.split()[3] == "FLAGS" and row.split()[3] == "misconfigured"
+    assert settings.load(GOOD).unstable_clear_after == 600.0
 
 
 def test_audit_export_refuses_an_id_past_64_bits(tmp_path: Path) -> None:
