@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 # An arbitrary constant naming the PostgreSQL advisory lock that orders history rows.
 HISTORY_ORDER_LOCK = 0x65766F63
 # A connection that drops from open this many times within the window, by Evolution's
-# date_time, is flapping (v1 loops close/connecting/open on a 440; see README "Limits").
+# date_time, is flapping (two sockets replacing each other, 440, loop close/connecting/
+# open; reference section 2.5).
 FLAP_DROPS = 3
 FLAP_WINDOW = timedelta(seconds=60)
 # What a chip whose connection is steady again, or whose number was just logged out or
