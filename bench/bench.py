@@ -462,6 +462,8 @@ def case_command_overhead(options: Options) -> None:
     sandbox = subprocess.Popen(
         [sys.executable, "-m", "evochips", "sandbox", "--port", str(port), "--time-scale", "0.01"],
         cwd=tempfile.gettempdir(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
