@@ -62,7 +62,7 @@ SET_HOOK: Call = lambda c: c.set_webhook("chip-0001", HOOK)  # noqa: E731
 
 OPEN = InstanceState("open")
 ALPHA_V2 = InstanceInfo("chip-0001", "5f2b8c1e-3d4a-4b6f-9a7e-1c2d3e4f5a6b", "open",
-                        "5511900000001@s.whatsapp.net")  # fmt: skip
+                        "5511900000001@s.whatsapp.net", integration="WHATSAPP-BAILEYS")  # fmt: skip
 V2_HOOK = WebhookInfo("https://chips.example.com/hooks/evolution", True, (
     "QRCODE_UPDATED", "CONNECTION_UPDATE", "STATUS_INSTANCE", "LOGOUT_INSTANCE",
     "REMOVE_INSTANCE", "INSTANCE_CREATE", "INSTANCE_DELETE",

@@ -37,8 +37,10 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 SQLITE_WRITE_WAIT_SECONDS = 5
 # PostgreSQL errors that mean "not reachable or not ready", not "this request is wrong":
 # connection failures (class 08), no such database, bad credentials, no such table (the
-# schema is not migrated), too many connections, and a server starting or stopping.
-_UNAVAILABLE_SQLSTATES = ("08", "3D000", "28000", "28P01", "42P01", "53300", "57P")
+# schema is not migrated), too many connections, a server starting or stopping, and a
+# lock or statement timeout (a row held by a stuck session: worth retrying later).
+_UNAVAILABLE_SQLSTATES = ("08", "3D000", "28000", "28P01", "42P01", "53300", "57P", "55P03",
+                          "57014")  # fmt: skip
 
 
 class DatabaseUnavailable(Exception):
@@ -159,6 +161,8 @@ _SQLSTATE_MEANINGS = {
     "28000": "the database refused the credentials",
     "28P01": "the database refused the credentials",
     "53300": "the database has no free connections",
+    "55P03": "a row stayed locked past the lock timeout",
+    "57014": "a statement ran past the statement timeout",
 }
 
 
