@@ -8,20 +8,22 @@ instance, and corrects what differs through the state machine, with source
 
 - the chip's instance is gone: the chip becomes ``deleted`` (or, if its create never
   went through, the create is marked failed);
-- the instance exists but its chip's create never heard back: the instance is adopted;
+- the instance exists but its chip's create never heard back: the instance is adopted
+  (an ``instance_found`` row);
 - the connection state differs: the chip follows the live state (asked with
   ``connectionState``, because ``fetchInstances`` reports what Evolution last stored).
   A ``refused`` chip is not moved to the coarser ``close``;
 - a ``pending`` chip has had no QR for ``stuck_after``: it is flagged as stuck, with a
   ``flagged_stuck`` history row;
 - an unstable chip (see ``evochips.lifecycle``) has stayed open, unchanged, for
-  ``unstable_clear_after``: its flag comes down;
-- the instance is not a Baileys one: the chip is flagged misconfigured, and the "open"
-  such an instance always reports is not followed;
+  ``unstable_clear_after``: its flag comes down (``steady_again``);
+- the instance is not a Baileys one: the chip is flagged misconfigured
+  (``flagged_misconfigured``), and the "open" such an instance always reports is not
+  followed;
 - an instance evochips created has no chip: it is adopted or reported, by setting.
 
 Every action is idempotent, so a pass that dies half-way is simply run again. Work per
-pass is bounded by ``max_actions``; what is left waits for the next pass.
+pass is bounded by ``max_actions`` corrections; what is left waits for the next pass.
 """
 
 from __future__ import annotations
@@ -47,7 +49,14 @@ from evochips.db.models import utcnow
 from evochips.evolution.client import EvolutionClient
 from evochips.evolution.errors import EvolutionError
 from evochips.evolution.shapes import InstanceInfo, WebhookTarget, wrong_integration
-from evochips.lifecycle import ChipMoved, ChipNotFound, Facts, RegistrationConflict, Source
+from evochips.lifecycle import (
+    STEADY,
+    ChipMoved,
+    ChipNotFound,
+    Facts,
+    RegistrationConflict,
+    Source,
+)
 from evochips.settings import Settings
 from evochips.statemachine import ChipStatus, ConnectionState, InvalidTransition, Trigger
 
@@ -235,11 +244,13 @@ class _Pass:
             self.found("instance_replaced", chip.instance_name, chip.id, detail, "deleted")
             return
         if chip.evolution_instance_id is None and info.instance_id is not None:
+            if not self._spend():
+                return
             detail = "the create went through but its answer was lost"
-            if not self.dry_run:
-                await lifecycle.remember_instance(self.r._db, chip.id, info.instance_id)
-                # That write moved the chip's version on; what follows starts from it.
-                chip = await _reread(self.r._db, chip)
+            note: dict[str, Any] = {"reason": detail, "instance_id": info.instance_id}
+            # What follows starts from the chip as this correction leaves it.
+            chip = await self._fire(chip, Trigger.INSTANCE_FOUND, note,
+                                    {"evolution_instance_id": info.instance_id})  # fmt: skip
             self.found("create_confirmed", chip.instance_name, chip.id, detail, "adopted")
         if await self._misconfigured(chip, info):
             return
@@ -256,27 +267,28 @@ class _Pass:
         if _state_of(info) not in (None, chip.connection_state) and not _finer(chip, info):
             chip = await self._sync(chip, info)
         if await self._is_stuck(chip):
+            if not self._spend():
+                return
             detail = f"pending with no QR for over {self.r._settings.stuck_after}"
             note = {"reason": detail, "remedy": "logout and connect, or delete and create"}
             await self._fire(chip, Trigger.FLAGGED_STUCK, note, {"stuck_since": self.now})
             self.found("stuck", chip.instance_name, chip.id, detail, "flagged")
         elif await self._is_steady(chip):
+            if not self._spend():
+                return
             wait = self.r._settings.unstable_clear_after
             detail = f"unstable, but open with no change for {wait}"
-            cleared = self.dry_run or await lifecycle.clear_unstable(
-                self.r._db, chip.id, chip.version
-            )
-            if cleared:
-                self.found("stable_again", chip.instance_name, chip.id, detail, "cleared")
+            await self._fire(chip, Trigger.STEADY_AGAIN, {"reason": detail}, dict(STEADY))
+            self.found("stable_again", chip.instance_name, chip.id, detail, "cleared")
 
     async def _misconfigured(self, chip: Chip, info: InstanceInfo) -> bool:
         """Whether the chip's instance is not a Baileys one (flagging it, if it was not
         yet): its state is then not followed, since such an instance reports itself open
         with nothing paired."""
         reason = wrong_integration(info.integration)
-        if reason is not None and chip.misconfigured is None:
-            if not self.dry_run:
-                await lifecycle.flag_misconfigured(self.r._db, chip.id, reason)
+        if reason is not None and chip.misconfigured is None and self._spend():
+            changes = {"misconfigured": reason[:255]}
+            await self._fire(chip, Trigger.FLAGGED_MISCONFIGURED, {"reason": reason}, changes)
             self.found("misconfigured", chip.instance_name, chip.id, reason, "flagged")
         return reason is not None or chip.misconfigured is not None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,7 +39,7 @@ from tests.helpers import assert_history_consistent, chip_named, transitions
 
 HOOK = WebhookTarget("http://evochips.test/webhooks/evolution", {"x-evochips-token": "s"})
 NAME = "chip-0001"
-CORRECTIONS = ("deleted", "marked failed", "adopted")
+CORRECTIONS = ("deleted", "marked failed", "adopted", "flagged", "cleared")
 
 
 class Crash(Exception):
@@ -181,13 +182,17 @@ async def _live(db: Database) -> list[dict[str, Any]]:
 
 
 async def _corrections_are_audited(db: Database, reports: list[Report]) -> None:
-    for finding in (f for report in reports for f in report.findings):
-        changes = finding.action in CORRECTIONS or finding.action.startswith("synced")
-        if not changes or finding.kind == "create_confirmed":
-            continue
-        chip = await chip_named(db, finding.instance_name)
+    """Every correction the passes report is a history row of its own, source reconcile."""
+    corrections = Counter(
+        f.instance_name
+        for report in reports
+        for f in report.findings
+        if f.action in CORRECTIONS or f.action.startswith("synced")
+    )
+    for name, count in corrections.items():
+        chip = await chip_named(db, name)
         rows = await transitions(db, chip.id)
-        assert any(row.source == "reconcile" for row in rows), finding
+        assert sum(row.source == "reconcile" for row in rows) >= count, (name, rows)
         await assert_history_consistent(db, chip.id)
 
 
@@ -466,3 +471,25 @@ async def test_an_instance_made_again_under_the_chips_name_is_not_the_chips(
     adopted = await chip_named(db, NAME)
     assert adopted.evolution_instance_id == fake.instances[NAME].instance_id
     assert fake.instances[NAME].webhook_url == HOOK.url, "pointed at evochips, as create does"
+
+
+async def test_a_pass_makes_at_most_max_actions_corrections_and_the_next_goes_on(
+    db: Database, client: EvolutionClient
+) -> None:
+    from tests.chips import given_chip
+
+    for n in range(3):  # Evolution has none of them
+        await given_chip(db, f"gone-{n}", "warming", "open")
+    reconciler = _reconciler(db, client, max_actions=2)
+
+    first = await reconciler.run()
+    second = await reconciler.run()
+
+    assert [f.action for f in first.findings] == ["deleted", "deleted"]
+    assert first.deferred == 1
+    assert [f.action for f in second.findings] == ["deleted"]
+    assert second.deferred == 0
+    assert {chip.status for chip in [await chip_named(db, f"gone-{n}") for n in range(3)]} == {
+        "deleted"
+    }
+    await _corrections_are_audited(db, [first, second])

@@ -20,14 +20,17 @@ PAIRED = [ChipStatus.WARMING, ChipStatus.READY, ChipStatus.ACTIVE, ChipStatus.DE
 
 SIGNALS = {"connecting", "qr_updated", "connected", "disconnected", "logged_out", "banned",
            "qr_refused", "removed"}  # fmt: skip
+# What reconciliation records on any live chip, moving nothing.
+FINDINGS = {"flagged_misconfigured", "steady_again", "instance_found"}
+LIVE = SIGNALS | FINDINGS
 # Written out by hand, not derived from the table, so a wrong row fails here.
 ALLOWED = {
-    ChipStatus.PENDING: SIGNALS | {"rejected", "flagged_stuck"},
-    ChipStatus.WARMING: SIGNALS | {"promote"},
-    ChipStatus.READY: SIGNALS | {"activate"},
-    ChipStatus.ACTIVE: SIGNALS | {"degrade"},
-    ChipStatus.DEGRADED: SIGNALS | {"restore"},
-    ChipStatus.BANNED: SIGNALS,
+    ChipStatus.PENDING: LIVE | {"rejected", "flagged_stuck"},
+    ChipStatus.WARMING: LIVE | {"promote"},
+    ChipStatus.READY: LIVE | {"activate"},
+    ChipStatus.ACTIVE: LIVE | {"degrade"},
+    ChipStatus.DEGRADED: LIVE | {"restore"},
+    ChipStatus.BANNED: LIVE,
     ChipStatus.DELETED: {"registered", "removed"},
 }
 
@@ -115,3 +118,13 @@ def test_a_stuck_flag_moves_nothing_but_is_recorded() -> None:
     assert not flagged.changed and flagged.recorded
     same = decide("chip", Trigger.CONNECTING, ChipStatus.PENDING, ConnectionState.CONNECTING)
     assert not same.recorded
+
+
+@pytest.mark.parametrize("trigger", sorted(FINDINGS | {"flagged_stuck"}))
+def test_a_finding_moves_nothing_but_is_history(trigger: str) -> None:
+    decision = decide("chip", Trigger(trigger), ChipStatus.PENDING, ConnectionState.CONNECTING)
+    assert (decision.to_status, decision.to_connection) == (
+        ChipStatus.PENDING,
+        ConnectionState.CONNECTING,
+    )
+    assert not decision.changed and decision.recorded

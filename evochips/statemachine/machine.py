@@ -49,8 +49,11 @@ class Trigger(enum.StrEnum):
     BANNED = "banned"
     QR_REFUSED = "qr_refused"
     REMOVED = "removed"
-    # Findings of reconciliation's watchdog, by the backend.
+    # Findings of reconciliation, recorded though they move neither status nor connection.
     FLAGGED_STUCK = "flagged_stuck"
+    FLAGGED_MISCONFIGURED = "flagged_misconfigured"
+    STEADY_AGAIN = "steady_again"
+    INSTANCE_FOUND = "instance_found"
     # Lifecycle, by the backend.
     PROMOTE = "promote"
     ACTIVATE = "activate"
@@ -88,6 +91,9 @@ TABLE: list[tuple[Trigger, list[ChipStatus], ChipStatus | None, ConnectionState 
     (Trigger.REMOVED,       LIVE,               X,       ConnectionState.CLOSE),
     (Trigger.REMOVED,       [X],                STAY,    None),
     (Trigger.FLAGGED_STUCK, [P],                STAY,    None),
+    (Trigger.FLAGGED_MISCONFIGURED, LIVE,       STAY,    None),
+    (Trigger.STEADY_AGAIN,  LIVE,               STAY,    None),
+    (Trigger.INSTANCE_FOUND, LIVE,              STAY,    None),
     (Trigger.PROMOTE,       [W],                R,       None),
     (Trigger.ACTIVATE,      [R],                A,       None),
     (Trigger.DEGRADE,       [A],                D,       None),
@@ -98,12 +104,18 @@ TABLE: list[tuple[Trigger, list[ChipStatus], ChipStatus | None, ConnectionState 
 the current one) and the connection state it leaves behind (``None`` leaves it as it was).
 A brand-new chip needs no decision: its first history row goes from nothing to ``pending``.
 ``REGISTERED`` re-attaches a new instance to a chip whose old one was deleted.
-``FLAGGED_STUCK`` moves nothing: it records that reconciliation found the chip waiting too
-long for a QR (see ``evochips.reconcile``)."""
+The last three rows' kind move nothing: they record what reconciliation found and set
+right (see ``evochips.reconcile``): a chip waiting too long for a QR (``FLAGGED_STUCK``), an
+instance that is not a WhatsApp one (``FLAGGED_MISCONFIGURED``), an unstable chip open and
+quiet long enough to lose the flag (``STEADY_AGAIN``), and the instance of a create whose
+answer was lost (``INSTANCE_FOUND``)."""
 
 LIFECYCLE_TRIGGERS = (Trigger.PROMOTE, Trigger.ACTIVATE, Trigger.DEGRADE, Trigger.RESTORE)
 # Triggers that leave status and connection as they are but are history all the same.
-NOTED_TRIGGERS = frozenset({Trigger.FLAGGED_STUCK})
+NOTED_TRIGGERS = frozenset(
+    {Trigger.FLAGGED_STUCK, Trigger.FLAGGED_MISCONFIGURED, Trigger.STEADY_AGAIN,
+     Trigger.INSTANCE_FOUND}
+)  # fmt: skip
 
 _MACHINE = Machine(
     model=None,
