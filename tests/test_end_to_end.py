@@ -8,6 +8,7 @@ import json
 
 import httpx
 import pytest
+import segno
 
 from evochips import settings
 from evochips.db import Database
@@ -81,3 +82,40 @@ async def test_chip_lifecycle_end_to_end(environment: dict[str, str]) -> None:
     chip = json.loads(evochips("chips", "show", "chip-0001", "--json", env=environment).stdout)
     assert (chip["status"], chip["connection_state"]) == ("pending", "close")
     assert chip["owner_jid"] == "5511900000001@s.whatsapp.net"
+
+
+# How ``chips qr`` draws two rows of modules per line, light printed as block, so that
+# the code shows dark on a dark terminal: (top dark, bottom dark) for each character.
+_HALVES = {"█": (False, False), " ": (True, True), "▀": (False, True), "▄": (True, False)}
+
+
+def _modules(drawn: str) -> list[str]:
+    """The modules of a QR drawn in the terminal (``#`` dark), quiet zone removed."""
+    rows: list[list[bool]] = []
+    for line in drawn.splitlines():
+        halves = [_HALVES[char] for char in line]
+        rows += [[top for top, _ in halves], [bottom for _, bottom in halves]]
+    rows = [row for row in rows if any(row) and not all(row)]  # not the margins
+    left = min(row.index(True) for row in rows)
+    right = max(len(row) - row[::-1].index(True) for row in rows)
+    return ["".join("#" if dark else "." for dark in row[left:right]) for row in rows]
+
+
+def test_chips_qr_draws_the_code_evolution_gave_so_a_phone_can_scan_it(
+    environment: dict[str, str],
+) -> None:
+    config = settings.load(environment)
+    evolution = FakeEvolution()
+    port = int(config.evolution_api_url.rsplit(":", 1)[1])
+    with serving_app(evolution.asgi(), port):
+        created = evochips("chips", "create", "chip-0001", "5511900000001", "--json",
+                           env=environment)  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        drawn = evochips("chips", "qr", "chip-0001", env=environment)
+        issued = evolution.instances["chip-0001"].qr_count  # the QR the fake showed last
+    assert drawn.returncode == 0, drawn.stderr
+    sample = load_json(SAMPLES / "v2-connect-qrcode.json")["code"]
+    code = f"2@chip-0001-{issued}," + sample.split(",", 1)[1]
+    matrix = segno.make_qr(code, error="l").matrix
+    expected = ["".join("#" if module else "." for module in row) for row in matrix]
+    assert "\n".join(_modules(drawn.stdout)) == "\n".join(expected)
