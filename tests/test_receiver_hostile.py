@@ -18,6 +18,7 @@ import jwt
 import pytest
 
 from evochips import lifecycle
+from evochips.api.routes import api_routes
 from evochips.db import Database
 from evochips.db import engine as engine_module
 from evochips.lifecycle import Source
@@ -28,6 +29,7 @@ from tests.conftest import AUTH, SAMPLES, SECRET, _admin, _asyncpg_dsn, load_jso
 from tests.helpers import chip_named, outcomes, steps
 
 OPEN = load_json(SAMPLES / "v2-webhook-connection-update-open.json")
+API_KEY = "api-key-0123456789abcdefghij"
 
 
 def _event(data: Any, *, event: str = "connection.update", instance: Any = "chip-0001",
@@ -372,3 +374,38 @@ async def test_a_refused_secret_is_logged_without_the_secret(
     logged = [r.getMessage() for r in caplog.records if r.name == "evochips.receiver.app"]
     assert any("webhook refused" in line for line in logged)
     assert not any(wrong in line for line in logged)
+
+
+@pytest.mark.parametrize("path", ["/webhooks/evolution", "/api/v1/chips"])
+async def test_a_sender_that_goes_away_mid_body_is_one_quiet_line_and_nothing_stored(
+    db: Database, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    await given_chip(db, "chip-0001", "pending", "connecting")
+    app = create_app(db, SECRET, api=api_routes(db, None, (API_KEY,)))
+    body = json.dumps(OPEN).encode()
+    arrivals = [
+        {"type": "http.request", "body": body[:40], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return arrivals.pop(0) if arrivals else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+               (b"x-evochips-token", SECRET.encode()),
+               (b"authorization", b"Bearer " + API_KEY.encode())]  # fmt: skip
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"", "headers": headers,
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}  # fmt: skip
+    caplog.set_level(logging.INFO)
+
+    await app(scope, receive, send)  # raises nothing: uvicorn would print a traceback
+
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "Traceback" not in caplog.text
+    assert await outcomes(db) == []

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -115,6 +115,13 @@ def create_app(
             return error_response(ApiError("internal", "internal error"))
         return _error(500, "internal error", retry=True)
 
+    async def gone(request: Request, exc: Exception) -> Response:
+        # Nothing was applied (a body is read whole before anything is written), and
+        # nobody is left to answer; the sender retries or it does not.
+        logger.info("client went away mid-request on %s %s", request.method,
+                    _loggable(request.url.path))  # fmt: skip
+        return Response(status_code=400)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if not _is_api(request):
@@ -150,7 +157,11 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             *api,
         ],
-        exception_handlers={Exception: unexpected, HTTPException: http_error},
+        exception_handlers={
+            Exception: unexpected,
+            HTTPException: http_error,
+            ClientDisconnect: gone,
+        },
         lifespan=lifespan,
     )
 
