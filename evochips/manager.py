@@ -453,10 +453,20 @@ _POLLED_TRIGGERS = {
 }
 
 
+# What people put between a number's digits; anything else means a mistyped number.
+_PHONE = re.compile(r"[0-9 ()+\-]*")
+
+
 def normalise_phone(telefone: str) -> str:
-    """Digits only (``+55 (11) 90000-0001`` becomes ``5511900000001``); raises InvalidInput."""
+    """Digits only (``+55 (11) 90000-0001`` becomes ``5511900000001``); raises InvalidInput.
+    Spaces, ``+``, ``(``, ``)`` and ``-`` may separate the digits; any other character is
+    refused rather than dropped, so a typo never stores a different number."""
     if not isinstance(telefone, str):
         raise InvalidInput(f"telefone must be text, not {type(telefone).__name__}")
+    if not _PHONE.fullmatch(telefone):
+        raise InvalidInput(
+            f"telefone {telefone!r} may hold only digits, spaces, '+', '(', ')' and '-'"
+        )
     digits = re.sub(r"[^0-9]", "", telefone)
     if not MIN_PHONE_DIGITS <= len(digits) <= MAX_PHONE_DIGITS:
         raise InvalidInput(

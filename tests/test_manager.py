@@ -247,6 +247,10 @@ async def test_lifecycle_commands_follow_the_table(
         ("chip-0001", "", "telefone"),
         ("chip-0001", 5511900000001, "telefone must be text"),
         ("chip-0001", "٥٥١١٩٠٠٠٠٠٠٠١", "telefone"),
+        ("chip-0001", "5511abc900000005", "may hold only digits"),
+        ("chip-0001", "55.11.9000.00005", "may hold only digits"),
+        ("chip-0001", "55119\ud800000004", "may hold only digits"),
+        ("chip-0001", "+55 11 9000\n00005", "may hold only digits"),
     ],
 )
 async def test_create_validates_before_touching_anything(
