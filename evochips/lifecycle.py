@@ -67,6 +67,10 @@ class ChipNotFound(LookupError):
     pass
 
 
+class ChipDeleted(ChipNotFound):
+    """The name belongs to a deleted chip, which takes no command until created again."""
+
+
 class RegistrationConflict(Exception):
     """The instance name or chip id is already taken by a live chip."""
 
@@ -620,13 +624,20 @@ async def find_chip(db: Database, instance_name: str, *, include_deleted: bool =
     """The live chip with this instance name (or, if asked, the latest deleted one)."""
     async with db.read() as session:
         chip = await _live_chip(session, instance_name)
-        if chip is None and include_deleted:
-            chip = await session.scalar(
+        if chip is None:
+            deleted = await session.scalar(
                 select(Chip)
                 .where(Chip.instance_name == instance_name)
                 .order_by(Chip.deleted_at.desc())
                 .limit(1)
             )
-    if chip is None:
+    if chip is not None:
+        return chip
+    if deleted is None:
         raise ChipNotFound(f"no chip has instance {instance_name!r}")
-    return chip
+    if not include_deleted:
+        raise ChipDeleted(
+            f"chip {deleted.id} for instance {instance_name!r} is deleted; it takes no "
+            "command until it is created again"
+        )
+    return deleted

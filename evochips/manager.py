@@ -41,6 +41,7 @@ from evochips.evolution.shapes import (
     WebhookTarget,
 )
 from evochips.lifecycle import (
+    ChipDeleted,
     ChipMoved,
     ChipNotFound,
     ConcurrentChange,
@@ -98,6 +99,7 @@ class _Unrecorded(DatabaseUnavailable):
 # that callers (the HTTP API) can tell failures apart without parsing sentences.
 ERROR_CODES: tuple[tuple[type[Exception], str], ...] = (
     (InvalidInput, "invalid_input"),
+    (ChipDeleted, "invalid_transition"),
     (ChipNotFound, "not_found"),
     (RegistrationConflict, "name_in_use"),
     (InstanceNameInUse, "name_in_use"),

@@ -336,6 +336,25 @@ async def test_unknown_instance_is_an_error(manager: InstanceManager) -> None:
         assert result["sucesso"] is False and "no chip has instance 'nope'" in result["error"]
 
 
+async def test_a_deleted_chip_is_named_as_deleted_not_as_unknown(
+    db: Database, manager: InstanceManager
+) -> None:
+    chip = await given_chip(db, "chip-0001", "deleted", "close")
+    for result in (
+        await manager.obter_qr_code("chip-0001"),
+        await manager.verificar_conexao("chip-0001"),
+        await manager.desconectar_instancia("chip-0001", None),
+        await manager.reconectar_instancia("chip-0001", None),
+        await manager.transicionar("chip-0001", "promote"),
+    ):
+        assert result["sucesso"] is False
+        assert (result["error_code"], result["error"]) == (
+            "invalid_transition",
+            f"chip {chip.id} for instance 'chip-0001' is deleted; it takes no command until "
+            "it is created again",
+        )
+
+
 async def test_chip_id_must_match_the_instance(manager: InstanceManager) -> None:
     await manager.criar_instancia("chip-0001", "5511900000001")
     result = await manager.desconectar_instancia("chip-0001", "another-chip")
