@@ -519,6 +519,7 @@ async def test_a_bug_behind_a_route_is_a_500_in_the_error_shape_without_a_traceb
 async def test_a_chip_shows_its_flags_and_the_number_it_paired(api: httpx.AsyncClient) -> None:
     chip = await _create(api, "loja-1")
     assert (chip["unstable"], chip["unstable_since"], chip["misconfigured"]) == (False, None, None)
+    assert (chip["drops"], chip["drops_since"]) == (0, None)
     assert (chip["owner_number"], chip["number_mismatch"]) == (None, False)
 
     await _open(api, "loja-1")

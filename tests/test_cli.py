@@ -85,7 +85,7 @@ def test_missing_database_is_a_clear_error_and_is_not_created(tmp_path: Path) ->
     result = evochips("chips", "list", env={"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)})
     assert result.returncode == 1
     assert result.stderr.startswith("Error: no database at ")
-    assert "run `evochips migrate` first" in result.stderr
+    assert "stop any running evochips first, then run `evochips migrate`" in result.stderr
     assert not (tmp_path / "cli.db").exists()
 
 
@@ -182,6 +182,7 @@ async def test_chips_show_and_list_name_a_chips_flags(db: Database, database_url
     assert (fields["unstable"], fields["owner_number"], fields["number_mismatch"]) == (
         False, None, False,
     )  # fmt: skip
+    assert (fields["drops"], fields["drops_since"]) == (0, None)
     header, row = listed.stdout.splitlines()
     assert header.split()[3] == "FLAGS" and row.split()[3] == "misconfigured"
     assert settings.load(GOOD).unstable_clear_after == 600.0

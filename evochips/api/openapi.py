@@ -382,6 +382,17 @@ def _schemas(statuses: list[str], connections: list[str], lifecycle: list[str]) 
                     "format": "date-time",
                     "description": "When evochips found the chip unstable; null when it is not.",
                 },
+                "drops": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Drops from open counted in the current window.",
+                },
+                "drops_since": {
+                    "type": ["string", "null"],
+                    "format": "date-time",
+                    "description": "Evolution's date_time of the window's first drop (its "
+                    "local time labelled UTC, never compared with ours); null with no drops.",
+                },
                 "misconfigured": _nullable(
                     "string",
                     description="Why the instance cannot work as a WhatsApp chip (it is not "

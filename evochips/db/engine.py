@@ -123,7 +123,12 @@ class Database:
         would swallow writes without a trace), so its absence is said first."""
         path = self.url.database
         if path and path != ":memory:" and not os.path.exists(path):
-            raise DatabaseUnavailable(f"no database at {path}; run `evochips migrate` first")
+            # A service still running holds the deleted file open, and would go on writing
+            # there, beside a new one, if it were made under it.
+            raise DatabaseUnavailable(
+                f"no database at {path}; stop any running evochips first, then run "
+                "`evochips migrate` (or put the file back)"
+            )
 
 
 @contextlib.asynccontextmanager

@@ -30,6 +30,8 @@ CHIP_FIELDS = (
     "evolution_date_time",
     "stuck_since",
     "unstable_since",
+    "drops",
+    "drops_since",
     "misconfigured",
     "owner_number",
     "number_mismatch",
