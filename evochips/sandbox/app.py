@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
 
@@ -297,10 +299,18 @@ def create_sandbox(
 
         return run
 
-    def scan(instance: Instance) -> None:
+    def scan(instance: Instance, number: str | None = None) -> None:
         if instance.state != "connecting" or instance.qr.code is None or instance.scanned:
             raise Refusal(409, "there is no QR to scan: the instance is not showing one")
-        world.scan(instance)
+        world.scan(instance, number)
+
+    async def scan_with(request: Request) -> Response:
+        """Scan with the phone whose number is ``?number=`` (any if none is given)."""
+        given = request.query_params.get("number")
+        number = re.sub(r"[ ()+\-]", "", given) if given is not None else None
+        if number is not None and not re.fullmatch(r"[0-9]{8,15}", number):
+            return JSONResponse({"error": "number: 8 to 15 digits"}, status_code=400)
+        return await control(partial(scan, number=number))(request)
 
     def drop(instance: Instance) -> None:
         if instance.state != "open":
@@ -374,7 +384,7 @@ def create_sandbox(
             Route("/webhook/set/{name:path}", instance_route(set_webhook), methods=["POST"]),
             Route("/webhook/find/{name:path}", instance_route(find_webhook), methods=["GET"]),
             Route("/_sandbox/instances", list_instances, methods=["GET"]),
-            Route("/_sandbox/instances/{name}/scan", control(scan), methods=["POST"]),
+            Route("/_sandbox/instances/{name}/scan", scan_with, methods=["POST"]),
             Route("/_sandbox/instances/{name}/drop", control(drop), methods=["POST"]),
             Route("/_sandbox/instances/{name}/logout", control(phone_logout), methods=["POST"]),
             Route("/_sandbox/instances/{name}/ban", control(ban), methods=["POST"]),

@@ -142,11 +142,12 @@ class World:
 
     # -- the phone -------------------------------------------------------------------------
 
-    def scan(self, instance: Instance) -> None:
-        """The QR is scanned: WhatsApp restarts the socket (515), then it opens."""
+    def scan(self, instance: Instance, number: str | None = None) -> None:
+        """The QR is scanned by the phone of ``number`` (the instance's own, or any one):
+        WhatsApp restarts the socket (515), then it opens."""
         self._stop_qr(instance)
         instance.scanned = True
-        digits = instance.number or "55119" + str(uuid.uuid4().int)[:8]
+        digits = number or instance.number or "55119" + str(uuid.uuid4().int)[:8]
         instance.wuid = f"{digits}@s.whatsapp.net"
         instance.profile_name = f"Sandbox {instance.name}"
         if self.config.version == 1:

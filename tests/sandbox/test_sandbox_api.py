@@ -132,6 +132,24 @@ async def test_one_qr_is_scanned_once(api: httpx.AsyncClient) -> None:
     assert sorted(r.status_code for r in answers) == [200, 409, 409, 409, 409]
 
 
+async def test_the_scanning_phone_can_be_named_and_its_number_is_the_owner(
+    api: httpx.AsyncClient,
+) -> None:
+    for name in ("a", "b"):
+        await api.post("/instance/create", json=_create(name))
+    await asyncio.sleep(0.05)
+    refused = await api.post("/_sandbox/instances/a/scan", params={"number": "55 11 9x"})
+    scanned = await api.post("/_sandbox/instances/a/scan", params={"number": "+55 11 90000-0007"})
+    await api.post("/_sandbox/instances/b/scan")
+    await asyncio.sleep(0.05)
+
+    assert refused.status_code == 400 and scanned.status_code == 200
+    owners = {row["name"]: row["ownerJid"] for row in
+              (await api.get("/instance/fetchInstances")).json()}  # fmt: skip
+    assert owners["a"] == "5511900000007@s.whatsapp.net"
+    assert owners["b"] is not None and owners["b"].endswith("@s.whatsapp.net")
+
+
 async def test_instances_survive_a_restart_and_connect_again(tmp_path: Path) -> None:
     state = tmp_path / "sandbox.json"
     config = SandboxConfig(global_key=KEY, time_scale=0.001, state_file=state)
