@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -148,14 +148,17 @@ def _counted(chip: Chip, decision: Decision, facts: Facts, event_id: int) -> dic
 async def _lock_chip_for(session: AsyncSession, instance: str) -> Chip | None:
     """The live chip with this instance name or, if none, the one deleted last: a late
     event for a removed instance still belongs to the chip it described."""
-    result = await session.execute(
-        select(Chip)
-        .where(Chip.instance_name == instance)
-        .order_by(Chip.deleted_at.desc().nulls_first())
-        .limit(1)
-        .with_for_update()
-    )
+    result = await session.execute(_CHIP_FOR_INSTANCE, {"instance": instance})
     return result.scalar_one_or_none()
+
+
+_CHIP_FOR_INSTANCE = (
+    select(Chip)
+    .where(Chip.instance_name == bindparam("instance"))
+    .order_by(Chip.deleted_at.desc().nulls_first())
+    .limit(1)
+    .with_for_update()
+)
 
 
 async def _fold_late(
@@ -313,6 +316,25 @@ async def _count_copy(session: AsyncSession, dedupe_key: str) -> int:
     return int(counted.scalar_one())
 
 
+def _first_copy(dialect: Any) -> Any:
+    """INSERT a delivery unless one that owns its key is stored; built once, since making
+    the statement costs more than running it. The values come as parameters."""
+    table = WebhookEventRow.__table__
+    return (
+        dialect.insert(table)
+        .on_conflict_do_nothing(
+            index_elements=["dedupe_key"],
+            # A literal, not a bound parameter: PostgreSQL matches the partial index by
+            # its predicate, which a generic prepared plan cannot see through a parameter.
+            index_where=text(KEY_OWNERS),
+        )
+        .returning(table.c.id)
+    )
+
+
+_FIRST_COPY = {"postgresql": _first_copy(postgresql), "sqlite": _first_copy(sqlite)}
+
+
 async def _store_event(
     session: AsyncSession,
     event: WebhookEvent,
@@ -335,19 +357,8 @@ async def _store_event(
         "trigger": event.signal.trigger.value if event.signal else None,
         "status_reason": event.signal.status_reason if event.signal else None,
     }
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    first = (
-        dialect.insert(WebhookEventRow)
-        .values(**values)
-        .on_conflict_do_nothing(
-            index_elements=["dedupe_key"],
-            # A literal, not a bound parameter: PostgreSQL matches the partial index by
-            # its predicate, which a generic prepared plan cannot see through a parameter.
-            index_where=text(KEY_OWNERS),
-        )
-        .returning(WebhookEventRow.id)
-    )
-    event_id = (await session.execute(first)).scalar_one_or_none()
+    first = _FIRST_COPY[session.get_bind().dialect.name]
+    event_id = (await session.execute(first, values)).scalar_one_or_none()
     if event_id is None:
         outcome, detail = Outcome.DUPLICATE, "delivered before"
         event_id = await _count_copy(session, event.dedupe_key)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from evochips.db import Chip, ChipTransition, Database, WebhookEventRow, log_after_commit
 from evochips.db.models import utcnow
@@ -33,6 +34,8 @@ from evochips.statemachine import (
 )
 
 logger = logging.getLogger(__name__)
+
+_CHIPS = Chip.metadata.tables[Chip.__tablename__]
 
 
 # An arbitrary constant naming the PostgreSQL advisory lock that orders history rows.
@@ -267,16 +270,20 @@ async def apply_decision(
     # Read before the update: it refreshes ``chip`` itself, the same object as its result.
     flags_before = _flags(chip)
 
+    # A Core UPDATE: the ORM's bulk-update path costs more than the statement itself on
+    # this, the hottest write; the locked ``chip`` takes the stored row as returned.
     result = await session.execute(
-        update(Chip)
-        .where(Chip.id == chip.id, Chip.version == chip.version)
+        update(_CHIPS)
+        .where(_CHIPS.c.id == chip.id, _CHIPS.c.version == chip.version)
         .values(**values)
-        .returning(Chip)
-        .execution_options(synchronize_session=False, populate_existing=True)
+        .returning(*_CHIPS.c)
     )
-    updated = result.scalar_one_or_none()
-    if updated is None:
+    row = result.one_or_none()
+    if row is None:
         raise ConcurrentChange(f"chip {chip.id} changed while locked")
+    for column, value in row._mapping.items():
+        set_committed_value(chip, column, value)
+    updated = chip
     if decision.recorded:
         facts = replace(facts, note={**facts.note, **note}) if note else facts
         await _append_history(session, chip.id, decision, source, facts, webhook_event_id, now)
@@ -400,27 +407,41 @@ async def _append_history(
     now: datetime,
 ) -> None:
     await _take_history_turn(session)
+    await session.execute(
+        _APPEND_HISTORY,
+        {
+            "chip": chip_id,
+            "from_status": decision.from_status.value,
+            "to_status": decision.to_status.value,
+            "from_connection": decision.from_connection.value,
+            "to_connection": decision.to_connection.value,
+            "trigger": decision.trigger.value,
+            "source": source.value,
+            "status_reason": facts.status_reason,
+            "metadata": _metadata(facts),
+            "webhook_event_id": webhook_event_id,
+            "created_at": now,
+        },
+    )
+
+
+def _append_history_statement() -> Any:
+    """The history row's INSERT, its ``seq`` one past the chip's last; built once."""
+    table = ChipTransition.metadata.tables[ChipTransition.__tablename__]
+    chip = bindparam("chip", type_=table.c.chip_id.type)
     next_seq = (
-        select(func.coalesce(func.max(ChipTransition.seq), 0) + 1)
-        .where(ChipTransition.chip_id == chip_id)
+        select(func.coalesce(func.max(table.c.seq), 0) + 1)
+        .where(table.c.chip_id == chip)
         .scalar_subquery()
     )
-    await session.execute(
-        insert(ChipTransition).values(
-            chip_id=chip_id,
-            seq=next_seq,
-            from_status=decision.from_status.value,
-            to_status=decision.to_status.value,
-            from_connection=decision.from_connection.value,
-            to_connection=decision.to_connection.value,
-            trigger=decision.trigger.value,
-            source=source.value,
-            status_reason=facts.status_reason,
-            meta=_metadata(facts),
-            webhook_event_id=webhook_event_id,
-            created_at=now,
-        )
+    columns = ("from_status", "to_status", "from_connection", "to_connection", "trigger",
+               "source", "status_reason", "metadata", "webhook_event_id", "created_at")  # fmt: skip
+    return insert(table).values(
+        chip_id=chip, seq=next_seq, **{name: bindparam(name) for name in columns}
     )
+
+
+_APPEND_HISTORY = _append_history_statement()
 
 
 def _baseline(chip: Chip, values: dict[str, Any]) -> dict[str, Any]:
