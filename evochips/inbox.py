@@ -271,33 +271,36 @@ async def _count_repeat(
     The row keeps the newest ``date_time`` of the run. A replay then sees the run as its
     last member alone, which is enough: each repeat found the chip as the one before it
     left it, and applying a signal twice in a row does what applying it once does."""
-    last = (
-        await session.execute(
-            select(
-                WebhookEventRow.id,
-                WebhookEventRow.event,
-                WebhookEventRow.detail,
-                WebhookEventRow.trigger,
-                WebhookEventRow.status_reason,
-            )
-            .where(WebhookEventRow.chip_id == chip_id)
-            .order_by(WebhookEventRow.id.desc())
-            .limit(1)
-        )
-    ).first()
+    last = (await session.execute(_LAST_DELIVERY, {"chip": chip_id})).first()
     seen = (event.event, NO_CHANGE, signal.trigger.value, signal.status_reason)
     if last is None or tuple(last[1:]) != seen:
         return None
-    await session.execute(
-        update(WebhookEventRow)
-        .where(WebhookEventRow.id == last.id)
-        .values(
-            repeats=WebhookEventRow.repeats + 1,
-            last_received_at=utcnow(),
-            date_time=event.date_time,
-        )
-    )
+    values = {"row": last.id, "received": utcnow(), "date_time": event.date_time}
+    await session.execute(_COUNT_REPEAT, values)
     return int(last.id)
+
+
+_LAST_DELIVERY = (
+    select(
+        WebhookEventRow.id,
+        WebhookEventRow.event,
+        WebhookEventRow.detail,
+        WebhookEventRow.trigger,
+        WebhookEventRow.status_reason,
+    )
+    .where(WebhookEventRow.chip_id == bindparam("chip"))
+    .order_by(WebhookEventRow.id.desc())
+    .limit(1)
+)
+_COUNT_REPEAT = (
+    update(WebhookEventRow)
+    .where(WebhookEventRow.id == bindparam("row"))
+    .values(
+        repeats=WebhookEventRow.repeats + 1,
+        last_received_at=bindparam("received", type_=WebhookEventRow.last_received_at.type),
+        date_time=bindparam("date_time", type_=WebhookEventRow.date_time.type),
+    )
+)
 
 
 async def _count_copy(session: AsyncSession, dedupe_key: str) -> int:
