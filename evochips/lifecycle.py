@@ -561,11 +561,16 @@ async def lock_chip(session: AsyncSession, condition: Any) -> Chip | None:
 
 
 async def _live_chip(session: AsyncSession, instance_name: str) -> Chip | None:
-    return await session.scalar(select(Chip).where(is_live(instance_name)))
+    return await session.scalar(_LIVE_CHIP, {"instance": instance_name})
 
 
-def is_live(instance_name: str) -> Any:
+def is_live(instance_name: Any) -> Any:
+    """Where the chip of ``instance_name`` (a value, or a bound parameter) is not deleted."""
     return (Chip.instance_name == instance_name) & Chip.deleted_at.is_(None)
+
+
+# Built once: every command and poll starts here.
+_LIVE_CHIP = select(Chip).where(is_live(bindparam("instance", type_=Chip.instance_name.type)))
 
 
 def is_stale(candidate: datetime | None, last_applied: datetime | None) -> bool:

@@ -30,8 +30,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _errors(*statuses: int) -> dict[str, Any]:
-    """The error responses a route may give, besides 401 and 503 which every one may."""
-    shown = sorted({*statuses, 401, 503})
+    """The error responses a route may give, besides 401, 500 and 503 which every one may."""
+    shown = sorted({*statuses, 401, 500, 503})
     return {str(status): {"$ref": f"#/components/responses/E{status}"} for status in shown}
 
 
@@ -42,6 +42,7 @@ _ERROR_MEANING = {
     409: "The name is in use, the trigger is not allowed from the chip's status, the chip "
     "changed concurrently, or the Idempotency-Key is in use.",
     413: "The body is larger than 64 KiB.",
+    500: "A fault in evochips itself (it is logged); the answer carries no detail.",
     502: "Evolution API refused the call; its message is included.",
     503: "The database or Evolution API is unreachable; retry after `Retry-After` seconds.",
     504: "Evolution API did not answer in time.",
