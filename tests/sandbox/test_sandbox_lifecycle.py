@@ -15,9 +15,11 @@ import pytest
 
 from evochips import settings
 from evochips.db import Chip, Database
-from evochips.manager import InstanceManager
+from evochips.manager import InstanceManager, evolution_from_settings
+from evochips.reconcile import Reconciler, ReconcileSettings
+from tests.chips import given_chip
 from tests.conftest import SECRET
-from tests.helpers import assert_history_consistent, chip_named, steps
+from tests.helpers import assert_history_consistent, chip_named, steps, transitions
 from tests.servers import free_port, serving_evochips
 
 TIME_SCALE = "0.02"  # create waits 0.1 s instead of 5 s; a QR lives 0.9 s instead of 45 s
@@ -29,6 +31,7 @@ class Loop:
     db: Database
     phone: httpx.AsyncClient  # the sandbox's control routes
     evolution_url: str
+    config: settings.Settings
 
     async def until(self, name: str, check: Callable[[Chip], bool], seconds: float = 30) -> Chip:
         """Wait for the chip to reach a state webhooks bring it to."""
@@ -94,7 +97,7 @@ async def _loop(database_url: str, version: int) -> AsyncIterator[Loop]:
         manager = InstanceManager.from_settings(config, db)
         async with httpx.AsyncClient(base_url=env["EVOLUTION_API_URL"]) as phone:
             try:
-                yield Loop(manager, db, phone, env["EVOLUTION_API_URL"])
+                yield Loop(manager, db, phone, env["EVOLUTION_API_URL"], config)
             finally:
                 await manager.aclose()
                 await db.dispose()
@@ -255,3 +258,30 @@ async def test_evolution_hanging_ends_in_a_clear_failure(
 
 async def _within(seconds: float, work: Awaitable[Any]) -> Any:
     return await asyncio.wait_for(work, seconds)
+
+
+async def test_a_reconcile_pass_reads_a_v1_server(loop_v1: Loop) -> None:
+    """v1 lists its instances in its own shape (``{"instance": {...}}`` items, no close
+    reason): a pass over the v1 sandbox deletes the chip whose instance is gone, after
+    asking for it by name, and leaves the chip whose instance is there. (v1's answer to
+    a lookup by name, one object rather than a list, is read in the client's tests.)"""
+    created = await loop_v1.manager.criar_instancia("loja-01", "+55 11 90000-0001")
+    assert created["sucesso"] is True, created
+    await loop_v1.until("loja-01", _has_qr)
+    gone = await given_chip(loop_v1.db, "loja-02", "warming", "open")  # never in Evolution
+    evolution, webhook = evolution_from_settings(loop_v1.config)
+    reconciler = Reconciler(loop_v1.db, evolution, webhook, ReconcileSettings())
+    try:
+        first = await reconciler.run()
+        second = await reconciler.run()
+    finally:
+        await evolution.aclose()
+
+    assert [(f.kind, f.instance_name, f.action) for f in first.findings] == [
+        ("instance_missing", "loja-02", "deleted")
+    ]
+    assert second.findings == []
+    assert (await chip_named(loop_v1.db, "loja-01")).status == "pending"
+    rows = await transitions(loop_v1.db, gone.id)
+    assert (rows[-1].source, rows[-1].to_status) == ("reconcile", "deleted")
+    await assert_history_consistent(loop_v1.db, gone.id)
