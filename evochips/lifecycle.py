@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from evochips.db import Chip, ChipTransition, Database, WebhookEventRow, log_after_commit
 from evochips.db.models import utcnow
 from evochips.evolution.events import QrImage
+from evochips.phones import owner_number, same_number
 from evochips.statemachine import (
     ChipStatus,
     ConnectionState,
@@ -616,34 +616,6 @@ async def clear_unstable(db: Database, chip_id: str, expected_version: int | Non
             .values(**STEADY, version=Chip.version + 1, updated_at=utcnow())
         )
     return bool(cleared.rowcount)  # type: ignore[attr-defined]
-
-
-# The user part of a phone JID is the number, maybe with ":device"; a "@lid" JID hides it.
-_PHONE_JID = re.compile(r"([0-9]{8,15})(?::[0-9]+)?(?:@(?:s\.whatsapp\.net|c\.us))?")
-
-
-def owner_number(jid: str | None) -> str | None:
-    """The E.164 number of a WhatsApp JID (``5511900000005:12@s.whatsapp.net`` gives
-    ``+5511900000005``), a Brazilian mobile with its ninth digit; None for a JID that
-    does not carry a phone number."""
-    match = _PHONE_JID.fullmatch(jid or "")
-    return None if match is None else "+" + _with_ninth_digit(match[1])
-
-
-def same_number(one: str, other: str) -> bool:
-    """Whether two phone numbers are one once reduced to digits, a Brazilian mobile with
-    and without its ninth digit being the same number."""
-    digits = [_with_ninth_digit(re.sub(r"[^0-9]", "", number)) for number in (one, other)]
-    return digits[0] == digits[1]
-
-
-def _with_ninth_digit(digits: str) -> str:
-    """Brazil put a 9 in front of every mobile number (2012-2016; they began with 6 to 9
-    before), and WhatsApp accounts older than that keep the old 12-digit form in their JID."""
-    area, first = digits[2:4], digits[4:5]
-    if len(digits) == 12 and digits.startswith("55") and "0" not in area and first in "6789":
-        return f"{digits[:4]}9{digits[4:]}"
-    return digits
 
 
 async def find_chip(db: Database, instance_name: str, *, include_deleted: bool = False) -> Chip:
