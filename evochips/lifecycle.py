@@ -406,9 +406,8 @@ async def _append_history(
     webhook_event_id: int | None,
     now: datetime,
 ) -> None:
-    await _take_history_turn(session)
     await session.execute(
-        _APPEND_HISTORY,
+        _APPEND_HISTORY[session.get_bind().dialect.name],
         {
             "chip": chip_id,
             "from_status": decision.from_status.value,
@@ -425,8 +424,10 @@ async def _append_history(
     )
 
 
-def _append_history_statement() -> Any:
-    """The history row's INSERT, its ``seq`` one past the chip's last; built once."""
+def _append_history_statement(*, take_turn: bool) -> Any:
+    """The history row's INSERT, its ``seq`` one past the chip's last; built once. With
+    ``take_turn`` (PostgreSQL) the same statement first waits for the history-order lock
+    (see ``_take_history_turn``), which saves a round trip on every transition."""
     table = ChipTransition.metadata.tables[ChipTransition.__tablename__]
     chip = bindparam("chip", type_=table.c.chip_id.type)
     next_seq = (
@@ -436,12 +437,21 @@ def _append_history_statement() -> Any:
     )
     columns = ("from_status", "to_status", "from_connection", "to_connection", "trigger",
                "source", "status_reason", "metadata", "webhook_event_id", "created_at")  # fmt: skip
-    return insert(table).values(
-        chip_id=chip, seq=next_seq, **{name: bindparam(name) for name in columns}
-    )
+    if not take_turn:
+        return insert(table).values(
+            chip_id=chip, seq=next_seq, **{name: bindparam(name) for name in columns}
+        )
+    # The row's id is drawn from its sequence only once the lock's one row is produced.
+    turn = select(func.pg_advisory_xact_lock(HISTORY_ORDER_LOCK)).subquery("turn")
+    values = [bindparam(name, type_=table.c[name].type) for name in columns]
+    row = select(chip, next_seq, *values).select_from(turn)
+    return insert(table).from_select(["chip_id", "seq", *columns], row)
 
 
-_APPEND_HISTORY = _append_history_statement()
+_APPEND_HISTORY = {
+    "postgresql": _append_history_statement(take_turn=True),
+    "sqlite": _append_history_statement(take_turn=False),
+}
 
 
 def _baseline(chip: Chip, values: dict[str, Any]) -> dict[str, Any]:

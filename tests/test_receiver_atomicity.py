@@ -127,13 +127,13 @@ async def test_a_failure_at_any_statement_of_an_event_leaves_none_of_its_writes(
     db: Database, receiver: httpx.AsyncClient, faults: _Faults, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Applying an event is: lock the chip, insert the delivery, update the chip, append
-    history (on PostgreSQL after taking the history's turn)."""
+    history (on PostgreSQL the append also takes the history's turn)."""
 
     async def given(name: str) -> None:
         await given_chip(db, name, "pending", "connecting")
 
     statements = await _fails_everywhere(db, receiver, faults, caplog, given, OPEN, "applied")
-    assert statements == (5 if db.engine.dialect.name == "postgresql" else 4)
+    assert statements == 4
     for name in ("chip-fail-1", "chip-fail-COMMIT"):
         assert (await steps(db, name))[-1] == "connected:pending->warming"
 
@@ -158,7 +158,7 @@ async def test_a_failure_at_any_statement_of_a_late_event_leaves_none_of_its_wri
         OPEN,
         "stale",  # OPEN is 12:04:45, late
     )
-    assert statements == (6 if db.engine.dialect.name == "postgresql" else 5)
+    assert statements == 5
     for name in ("chip-fail-1", "chip-fail-COMMIT"):
         chip = await chip_named(db, name)
         assert (chip.status, chip.connection_state) == ("warming", "close")
