@@ -141,6 +141,10 @@ async def test_a_bad_create_names_every_bad_field_and_touches_nothing(
     assert set(error["fields"]) == {"instance_name", "telefone"}
     for content in (b"{not json", b"[]", b'"text"', b"\xff\xfe"):
         _error(await api.post("/api/v1/chips", content=content), 400, "validation")
+    for number in (b"NaN", b"Infinity", b"1e999"):
+        content = b'{"instance_name": "loja-1", "telefone": ' + number + b"}"
+        error = _error(await api.post("/api/v1/chips", content=content), 400, "validation")
+        assert error["fields"] == {"body": "is not JSON"}
     assert evolution.calls == [] and await count(db, Chip) == 0
 
 

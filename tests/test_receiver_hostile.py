@@ -56,10 +56,13 @@ async def test_odd_status_reasons_are_no_reason(
     [
         b'{"event": "connection.update", "data": {"statusReason": NaN}}',
         b'{"event": "connection.update", "data": Infinity}',
+        # A number past a float's range, which Python reads as infinity and jsonb refuses.
+        b'{"event": "connection.update", "instance": "chip-0001", "data": {"state": '
+        b'"connecting", "statusReason": 1e999}}',
         b"[" * 100_000 + b"]" * 100_000,
         json.dumps(_event({"x": json.loads("[" * 600 + "]" * 600)})).encode(),
     ],
-    ids=["nan", "infinity", "deep-invalid", "deep-valid"],
+    ids=["nan", "infinity", "overflow", "deep-invalid", "deep-valid"],
 )
 async def test_json_that_is_not_evolutions_is_400(
     db: Database, receiver: httpx.AsyncClient, body: bytes

@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from evochips import jsonio
 from evochips.api.errors import ApiError, invalid
 
 MAX_BODY_BYTES = 64 * 1024
@@ -140,7 +141,7 @@ async def json_object(request: Request) -> dict[str, Any]:
             raise ApiError("body_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks) or b"{}")
+        body = jsonio.loads(b"".join(chunks) or b"{}")
     except (ValueError, RecursionError):
         raise invalid({"body": "is not JSON"}) from None
     if not isinstance(body, dict):

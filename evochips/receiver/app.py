@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -23,6 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from evochips import jsonio
 from evochips.api.errors import ApiError
 from evochips.api.responses import error_response
 from evochips.db import Chip, Database, DatabaseUnavailable
@@ -71,7 +71,7 @@ def create_app(
             event = skimmed_event(delivery.event, delivery.instance, delivery.digest)
         else:
             try:
-                body = json.loads(delivery, parse_constant=_reject_constant)
+                body = jsonio.loads(delivery)
             except (ValueError, RecursionError):
                 logger.warning("webhook body is not JSON (%d bytes)", len(delivery))
                 return _error(400, "body is not JSON")
@@ -168,10 +168,6 @@ def create_app(
 
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/")
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _deeper_than(value: Any, limit: int) -> bool:
