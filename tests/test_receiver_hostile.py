@@ -16,11 +16,14 @@ import asyncpg
 import httpx
 import jwt
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from evochips import lifecycle
 from evochips.api.routes import api_routes
 from evochips.db import Database
 from evochips.db import engine as engine_module
+from evochips.db.migrate import upgrade
 from evochips.lifecycle import Source
 from evochips.receiver import create_app
 from evochips.statemachine import Trigger
@@ -227,6 +230,54 @@ async def test_postgres_database_that_does_not_exist_is_503(postgres_url: str) -
         ready = await client.get("/readyz")
     await missing.dispose()
     assert (response.status_code, ready.status_code) == (503, 503)
+
+
+@pytest.mark.parametrize("refusal", ["no connections", "read-only", "no privileges"])
+async def test_postgres_refusing_the_work_is_503(postgres_url: str, refusal: str) -> None:
+    """A database an operator closed, a standby left read-only by a failover, a role that
+    lost its grants: each may be mended, so the answer asks Evolution to retry."""
+    name = f"evochips_refusing_{uuid.uuid4().hex[:8]}"
+    role = f"evochips_role_{uuid.uuid4().hex[:8]}"
+    url = make_url(postgres_url).set(database=name)
+    await _admin(f'CREATE DATABASE "{name}"')
+    try:
+        await asyncio.to_thread(upgrade, url.render_as_string(hide_password=False))
+        if refusal == "no connections":
+            await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        elif refusal == "read-only":
+            await _admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        else:
+            await _admin(f'CREATE ROLE "{role}" LOGIN')
+            url = url.set(username=role)
+        refusing = Database(url)
+        try:
+            async with _client(refusing, raise_app_exceptions=False) as client:
+                response = await client.post("/webhooks/evolution", json=OPEN)
+        finally:
+            await refusing.dispose()
+    finally:
+        await _admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await _admin(f'DROP ROLE IF EXISTS "{role}"')
+    assert (response.status_code, response.headers.get("retry-after")) == (503, "5"), refusal
+    assert response.json() == {"error": "database unavailable, retry later"}
+
+
+async def test_postgres_missing_one_table_is_not_ready(postgres_url: str) -> None:
+    name = f"evochips_partial_{uuid.uuid4().hex[:8]}"
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    await _admin(f'CREATE DATABASE "{name}"')
+    partial = Database(url)
+    try:
+        await asyncio.to_thread(upgrade, url)
+        async with partial.write() as session:
+            await session.execute(text("ALTER TABLE chip_transitions RENAME TO kept_aside"))
+        async with _client(partial) as client:
+            ready = await client.get("/readyz")
+    finally:
+        await partial.dispose()
+        await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+    assert ready.status_code == 503 and "evochips migrate" in ready.json()["error"]
 
 
 class _Impatient(Database):

@@ -37,10 +37,13 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 SQLITE_WRITE_WAIT_SECONDS = 5
 # PostgreSQL errors that mean "not reachable or not ready", not "this request is wrong":
 # connection failures (class 08), no such database, bad credentials, no such table (the
-# schema is not migrated), too many connections, a server starting or stopping, and a
-# lock or statement timeout (a row held by a stuck session: worth retrying later).
+# schema is not migrated), too many connections, a server starting or stopping, a lock
+# or statement timeout (a row held by a stuck session: worth retrying later), a database
+# that takes no connections, one that is read-only (a standby after a failover), and a
+# role without the privileges it needs. An operator can mend each of them, and Evolution
+# drops an event for good on a 4xx.
 _UNAVAILABLE_SQLSTATES = ("08", "3D000", "28000", "28P01", "42P01", "53300", "57P", "55P03",
-                          "57014")  # fmt: skip
+                          "57014", "55000", "25006", "42501")  # fmt: skip
 
 
 class DatabaseUnavailable(Exception):
@@ -168,6 +171,9 @@ _SQLSTATE_MEANINGS = {
     "53300": "the database has no free connections",
     "55P03": "a row stayed locked past the lock timeout",
     "57014": "a statement ran past the statement timeout",
+    "55000": "the database takes no connections",
+    "25006": "the database is read-only",
+    "42501": "the database role lacks a privilege",
 }
 
 

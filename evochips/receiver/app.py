@@ -14,7 +14,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import literal, select
 from sqlalchemy.exc import IntegrityError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 from evochips import jsonio
 from evochips.api.errors import ApiError
 from evochips.api.responses import error_response
-from evochips.db import Chip, Database, DatabaseUnavailable
+from evochips.db import Base, Database, DatabaseUnavailable
 from evochips.evolution.events import HANDLED_EVENTS, UNNAMED, read_event, skimmed_event
 from evochips.inbox import Outcome, record_webhook
 from evochips.lifecycle import ConcurrentChange
@@ -104,7 +104,9 @@ def create_app(
     async def readyz(request: Request) -> Response:
         try:
             async with db.read() as session:
-                await session.execute(select(Chip.id).limit(1))
+                # Every table, not one: a half-migrated or damaged schema is not ready.
+                for table in Base.metadata.sorted_tables:
+                    await session.execute(select(literal(1)).select_from(table).limit(1))
         except DatabaseUnavailable as exc:
             return _error(503, str(exc), retry=True)
         return JSONResponse({"status": "ready"})
