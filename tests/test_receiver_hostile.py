@@ -339,6 +339,40 @@ async def test_postgres_timing_out_on_a_locked_chip_is_503_and_the_redelivery_ap
     ]
 
 
+def _locked_open(n: int) -> dict[str, Any]:
+    return {**OPEN, "instance": "chip-locked", "date_time": f"2025-10-21T12:05:{n:02d}Z"}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_one_locked_chip_does_not_hold_up_the_others(db: Database, database_url: str) -> None:
+    """Deliveries queued behind a row another session holds take pool connections while
+    they wait; they give up after the lock timeout, so the rest of the fleet gets through."""
+    await given_chip(db, "chip-locked", "pending", "connecting")
+    await given_chip(db, "chip-free", "pending", "connecting")
+    holder = await asyncpg.connect(_asyncpg_dsn(database_url))
+    try:
+        async with _client(db) as client:
+            holding = holder.transaction()
+            await holding.start()
+            await holder.execute(
+                "SELECT id FROM chips WHERE instance_name = 'chip-locked' FOR UPDATE"
+            )
+            # More waiters than the pool has connections (5, and 10 more on demand).
+            queued = [
+                asyncio.create_task(client.post("/webhooks/evolution", json=_locked_open(n)))
+                for n in range(20)
+            ]
+            await asyncio.sleep(0.5)
+            other = await client.post("/webhooks/evolution", json={**OPEN, "instance": "chip-free"})
+            answers = await asyncio.gather(*queued)
+            await holding.rollback()
+    finally:
+        await holder.close()
+    assert (other.status_code, other.json()["outcome"]) == (200, "applied")
+    assert {answer.status_code for answer in answers} == {503}
+    assert (await chip_named(db, "chip-locked")).status == "pending"
+
+
 class _Broken(Database):
     """A database whose writes fail in a way nobody planned for."""
 

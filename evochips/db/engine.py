@@ -35,6 +35,9 @@ logging.getLogger("aiosqlite").setLevel(logging.INFO)
 # by another process, say the CLI), before the request is answered 503: 10 s in all, well
 # under Evolution's 30 s webhook timeout, so it retries instead of timing out.
 SQLITE_WRITE_WAIT_SECONDS = 5
+# How long a PostgreSQL statement waits for a row another transaction holds before the
+# request is answered 503 (a long reconciliation step, a stuck session).
+LOCK_WAIT_SECONDS = 5
 # PostgreSQL errors that mean "not reachable or not ready", not "this request is wrong":
 # connection failures (class 08), no such database, bad credentials, no such table (the
 # schema is not migrated), too many connections, a server starting or stopping, a lock
@@ -73,8 +76,14 @@ class Database:
             "pool_pre_ping": True,
             "pool_timeout": 10,
             # asyncpg: give up connecting after 5 s and on any statement after 15 s, so a
-            # stuck database turns into DatabaseUnavailable instead of a hung request.
-            "connect_args": {"timeout": 5, "command_timeout": 15},
+            # stuck database turns into DatabaseUnavailable instead of a hung request; and
+            # stop waiting for a row lock after 5 s, so that requests queued behind one
+            # locked chip give their pool connections back to everyone else's.
+            "connect_args": {
+                "timeout": 5,
+                "command_timeout": 15,
+                "server_settings": {"lock_timeout": f"{LOCK_WAIT_SECONDS * 1000}"},
+            },
         }
 
     @contextlib.asynccontextmanager
