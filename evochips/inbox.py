@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 NO_CHANGE = "changed nothing"
 MAX_REPLAY = 200
 REPLAYED = "arrived after a newer event; replayed in Evolution's order"
+FORMER_INSTANCE = "sent by an earlier instance of this name; changes nothing"
 
 
 class Outcome(enum.StrEnum):
@@ -82,10 +83,12 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
             return await _store_event(session, event, Outcome.IGNORED, event.ignore_reason)
 
     async with db.write() as session:
-        chip = await _lock_chip_for(session, event.instance)
+        chip = await _lock_chip_for(session, event.instance, event.tag)
         if chip is None:
             detail = f"no chip has instance {event.instance!r}"
             return await _store_event(session, event, Outcome.UNMATCHED, detail)
+        if event.tag is not None and chip.instance_tag not in (None, event.tag):
+            return await _store_event(session, event, Outcome.STALE, FORMER_INSTANCE, chip.id)
 
         facts = Facts(
             status_reason=signal.status_reason,
@@ -145,11 +148,24 @@ def _counted(chip: Chip, decision: Decision, facts: Facts, event_id: int) -> dic
     }
 
 
-async def _lock_chip_for(session: AsyncSession, instance: str) -> Chip | None:
-    """The live chip with this instance name or, if none, the one deleted last: a late
-    event for a removed instance still belongs to the chip it described."""
+async def _lock_chip_for(session: AsyncSession, instance: str, tag: str | None) -> Chip | None:
+    """The chip whose instance sent the event: the one ``tag`` names, else the live chip
+    with this instance name or, if none, the one deleted last (a late event for a removed
+    instance still belongs to the chip it described)."""
+    if tag is not None:
+        tagged = await session.execute(_TAGGED_CHIP, {"instance": instance, "tag": tag})
+        chip = tagged.scalar_one_or_none()
+        if chip is not None:
+            return chip
     result = await session.execute(_CHIP_FOR_INSTANCE, {"instance": instance})
     return result.scalar_one_or_none()
+
+
+_TAGGED_CHIP = (
+    select(Chip)
+    .where(Chip.instance_tag == bindparam("tag"), Chip.instance_name == bindparam("instance"))
+    .with_for_update()
+)
 
 
 _CHIP_FOR_INSTANCE = (

@@ -150,6 +150,7 @@ async def register(
             note = {"instance_name": instance_name, "previous_instance": existing.instance_name}
             reset = {
                 "instance_name": instance_name,
+                "instance_tag": new_instance_tag(),
                 "telefone": telefone,
                 "deleted_at": None,
                 "evolution_instance_id": None,
@@ -203,6 +204,10 @@ async def offer_qr(db: Database, chip_id: str, qr: QrImage, source: Source) -> b
         decision = decide_for(chip, Trigger.QR_UPDATED)
         await apply_decision(session, chip, decision, source, Facts(qr=qr), None)
         return True
+
+
+def new_instance_tag() -> str:
+    return uuid.uuid4().hex
 
 
 def decide_for(chip: Chip, trigger: Trigger) -> Decision:
@@ -503,6 +508,7 @@ async def _insert_chip(
         id=chip_id,
         telefone=telefone,
         instance_name=instance_name,
+        instance_tag=new_instance_tag(),
         status=ChipStatus.PENDING.value,
         connection_state=ConnectionState.CLOSE.value,
         evolution_connected=False,

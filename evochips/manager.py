@@ -204,7 +204,8 @@ class InstanceManager:
             # The row comes first so that a webhook arriving before create returns finds it.
             chip = await lifecycle.register(self._db, instance_name, phone, chip_id)
         try:
-            created = await self._evolution.create_instance(instance_name, self._webhook)
+            webhook = self._webhook.for_instance(chip.instance_tag)
+            created = await self._evolution.create_instance(instance_name, webhook)
         except InstanceNameInUse as exc:
             if not finishing:
                 await self._forget(chip, exc)

@@ -395,7 +395,8 @@ class _Pass:
             return
         await lifecycle.remember_instance(self.r._db, chip.id, info.instance_id)
         try:  # its webhook may lack our secret: point it at us, as a create would
-            await self.r._evolution.set_webhook(info.name, self.r._webhook)
+            webhook = self.r._webhook.for_instance(chip.instance_tag)
+            await self.r._evolution.set_webhook(info.name, webhook)
         except EvolutionError as exc:
             logger.warning("reconcile: webhook of adopted %r not set: %s", info.name, exc)
         trigger = _POLLED.get(info.state or "")

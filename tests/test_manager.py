@@ -56,7 +56,12 @@ async def test_create_with_a_unique_name(
     assert chip.evolution_qr_code == result["qr_code"]
     create = next(body for method, path, body in evolution.calls if path == "/instance/create")
     assert create["webhook"]["url"] == HOOK.url
-    assert create["webhook"]["headers"] == HOOK.headers
+    # Each instance's webhooks carry the tag of the chip it was made for.
+    assert chip.instance_tag is not None
+    assert create["webhook"]["headers"] == {
+        **HOOK.headers,
+        "x-evochips-instance": chip.instance_tag,
+    }
     assert await steps(db, "chip-0001") == [
         "registered:-->pending", "qr_updated:pending->pending",
     ]  # fmt: skip

@@ -16,12 +16,12 @@ import asyncpg
 import httpx
 import jwt
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from evochips import lifecycle
 from evochips.api.routes import api_routes
-from evochips.db import Database
+from evochips.db import Database, WebhookEventRow
 from evochips.db import engine as engine_module
 from evochips.db.migrate import upgrade
 from evochips.lifecycle import Source
@@ -148,6 +148,62 @@ async def test_late_events_of_an_old_instance_do_not_touch_its_successor(
 
     chip = await chip_named(db, "chip-0001")
     assert chip.id == new.id and (chip.status, chip.connection_state) == ("pending", "connecting")
+
+
+async def test_the_removal_of_an_old_instance_does_not_delete_its_successor(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    """Delete a chip and create its name again at once: the old instance's removal
+    webhooks, sent without waiting and retried with backoff, may come after the new chip
+    is registered, dated later than anything received. Their tag names the old chip."""
+    old = await given_chip(db, "chip-0001", "warming", "open")
+    await lifecycle.fire(db, old.id, Trigger.REMOVED, Source.COMMAND)
+    new = await given_chip(db, "chip-0001", "pending", "close")
+    assert None not in (old.instance_tag, new.instance_tag) and old.instance_tag != new.instance_tag
+
+    for name in ("status-instance-closed", "logout-instance", "connection-update-close-401",
+                 "remove-instance"):  # fmt: skip
+        late = {**load_json(SAMPLES / f"v2-webhook-{name}.json"), "date_time": "2025-10-21T13:00Z"}
+        response = await receiver.post(
+            "/webhooks/evolution", json=late, headers={"x-evochips-instance": old.instance_tag}
+        )
+        # They go to the deleted chip they describe, which takes only a removal.
+        expected = "applied" if name == "remove-instance" else "ignored"
+        assert (response.status_code, response.json()["outcome"]) == (200, expected), name
+    chip = await chip_named(db, "chip-0001")
+    assert chip.id == new.id and (chip.status, chip.connection_state) == ("pending", "close")
+    async with db.read() as session:
+        owners = await session.scalars(select(WebhookEventRow.chip_id))
+        assert set(owners) == {old.id}
+
+    # The new instance's own events apply as usual, dated before the old one's removal.
+    connecting = _event({"state": "connecting", "statusReason": 200}, date_time="2025-10-21T12:59Z")
+    response = await receiver.post(
+        "/webhooks/evolution", json=connecting, headers={"x-evochips-instance": new.instance_tag}
+    )
+    assert response.json()["outcome"] == "applied"
+    assert (await chip_named(db, "chip-0001")).connection_state == "connecting"
+
+
+async def test_an_instance_a_chip_was_given_before_is_not_that_chips_now(
+    db: Database, receiver: httpx.AsyncClient
+) -> None:
+    """A deleted chip re-attached to a new instance keeps its id but draws a new tag, so
+    the instance it had before can no longer move it."""
+    chip = await given_chip(db, "chip-0001", "deleted", "close")
+    again = await lifecycle.register(db, "chip-0001", "5511900000001", chip.id)
+    assert again.id == chip.id and again.instance_tag != chip.instance_tag
+
+    removed = {
+        **load_json(SAMPLES / "v2-webhook-remove-instance.json"),
+        "date_time": "2025-10-21T13:00Z",
+    }
+    response = await receiver.post(
+        "/webhooks/evolution", json=removed, headers={"x-evochips-instance": chip.instance_tag}
+    )
+
+    assert (response.status_code, response.json()["outcome"]) == (200, "stale")
+    assert (await chip_named(db, "chip-0001")).status == "pending"
 
 
 async def test_a_real_offset_is_honoured(db: Database, receiver: httpx.AsyncClient) -> None:

@@ -85,6 +85,7 @@ class Chip(Base):
         ),
         Index("ix_chips_instance_name", "instance_name"),
         Index("ix_chips_status", "status"),
+        Index("uq_chips_instance_tag", "instance_tag", unique=True),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -94,6 +95,9 @@ class Chip(Base):
     connection_state: Mapped[str] = mapped_column(String(16))
     evolution_connected: Mapped[bool] = mapped_column(Boolean, default=False)
     evolution_instance_id: Mapped[str | None] = mapped_column(String(64))
+    # Drawn afresh each time the chip is given an instance, and sent by that instance with
+    # every webhook: its late events then never touch a later instance of the same name.
+    instance_tag: Mapped[str | None] = mapped_column(String(32))
     evolution_qr_code: Mapped[str | None] = mapped_column(Text)
     evolution_pairing_code: Mapped[str | None] = mapped_column(String(32))
     status_reason: Mapped[int | None] = mapped_column(Integer)

@@ -86,6 +86,9 @@ class WebhookEvent:
     stored_body: dict[str, Any] | None
     signal: Signal | None
     ignore_reason: str | None
+    # The tag of the chip the sending instance was made for, from a header evochips asks
+    # Evolution to send (``WebhookTarget.for_instance``); None when it came without one.
+    tag: str | None = None
 
 
 def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from evochips.evolution.errors import EvolutionProtocolError
@@ -82,6 +82,10 @@ class InstanceInfo:
     integration: str | None = None
 
 
+# The header in which an instance's webhooks carry the tag of the chip it was made for.
+INSTANCE_TAG_HEADER = "x-evochips-instance"
+
+
 @dataclass(frozen=True)
 class WebhookTarget:
     """Where Evolution should post an instance's events and how it proves itself.
@@ -97,6 +101,14 @@ class WebhookTarget:
     @property
     def v1_url(self) -> str:
         return self.headerless_url or self.url
+
+    def for_instance(self, tag: str | None) -> WebhookTarget:
+        """The same target, with the chip's instance tag in a header of its own, so that
+        each delivery says which instance of a name sent it (v2 only: v1 sends no headers,
+        and Evolution's global webhook none either)."""
+        if tag is None:
+            return self
+        return replace(self, headers={**self.headers, INSTANCE_TAG_HEADER: tag})
 
 
 @dataclass(frozen=True)

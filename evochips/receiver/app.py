@@ -12,6 +12,7 @@ import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import literal, select
@@ -27,6 +28,7 @@ from evochips.api.errors import ApiError
 from evochips.api.responses import error_response
 from evochips.db import Base, Database, DatabaseUnavailable
 from evochips.evolution.events import HANDLED_EVENTS, UNNAMED, read_event, skimmed_event
+from evochips.evolution.shapes import INSTANCE_TAG_HEADER
 from evochips.inbox import Outcome, record_webhook
 from evochips.lifecycle import ConcurrentChange
 from evochips.receiver.auth import is_authentic
@@ -78,6 +80,7 @@ def create_app(
             if _deeper_than(body, MAX_JSON_DEPTH):
                 return _error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
             event = read_event(body, request.path_params.get("suffix"))
+        event = replace(event, tag=_instance_tag(request))
         if event.event not in HANDLED_EVENTS and event.event != UNNAMED:
             # Messages and the like: not evochips' business, and often thousands a second
             # when a user subscribed this URL to them, so not worth a write each.
@@ -188,6 +191,15 @@ def _deeper_than(value: Any, limit: int) -> bool:
             if isinstance(child, dict | list)
         ]
     return False
+
+
+_TAG = re.compile(r"[0-9a-f]{32}")
+
+
+def _instance_tag(request: Request) -> str | None:
+    """The sending instance's tag; one not shaped like the tags evochips draws is none."""
+    tag = request.headers.get(INSTANCE_TAG_HEADER, "")
+    return tag if _TAG.fullmatch(tag) else None
 
 
 def _loggable(path: str) -> str:
