@@ -12,6 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -323,6 +327,61 @@ async def test_serve_reconciles_in_the_background_and_the_cli_reports(
         done = await asyncio.to_thread(evochips, "reconcile", env=env)
         assert done.returncode == 0 and "instance_missing" in done.stdout
     assert (await chip_named(db, "chip-gone-too")).status == "deleted"
+
+
+async def test_a_pass_stopped_by_sigterm_gives_its_lease_back(
+    db: Database, database_url: str
+) -> None:
+    """systemd, a container stop or ``timeout`` end a pass with SIGTERM; the next pass,
+    from any replica, must not wait out the lease the stopped one held."""
+    from tests.chips import given_chip
+    from tests.servers import NEUTRAL_DIR, free_port, receiver_env, serving_app
+
+    await given_chip(db, "chip-0001", "warming", "open")
+    # The fake serves from a thread of its own, so these are threads' events.
+    fake, listing, released = FakeEvolution(), threading.Event(), threading.Event()
+    inner = fake.asgi()
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/instance/fetchInstances":
+            listing.set()
+            while not released.is_set():
+                await asyncio.sleep(0.05)
+        await inner(scope, receive, send)
+
+    evolution_port = free_port()
+    env = {
+        **os.environ,
+        **receiver_env(database_url, free_port()),
+        "EVOLUTION_API_URL": f"http://127.0.0.1:{evolution_port}",
+        "EVOLUTION_API_KEY": GLOBAL_KEY,
+        "EVOLUTION_API_VERSION": "2",
+    }
+    with serving_app(slow, evolution_port):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "evochips", "reconcile", "--json", cwd=NEUTRAL_DIR, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert await asyncio.to_thread(listing.wait, 30), "the pass never listed"
+            process.send_signal(signal.SIGTERM)
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            released.set()
+
+    assert process.returncode == 1, stderr
+    assert "stopped by a signal" in json.loads(stdout)["error"]
+    assert b"Traceback" not in stderr
+    assert await take_lease(db, "another-replica", timedelta(minutes=1))
+
+    # While that replica holds it, a pass by hand says so, with a status of its own.
+    busy = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "evochips", "reconcile", "--json", cwd=NEUTRAL_DIR, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, _ = await asyncio.wait_for(busy.communicate(), 30)
+    assert busy.returncode == 3
+    assert "another replica" in json.loads(stdout)["error"]
 
 
 class _Meddling(EvolutionClient):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+from typing import NoReturn
 
 import click
 
@@ -22,6 +24,11 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
     settings = or_exit(settings_module.load)
 
     async def run() -> Report | None:
+        # SIGTERM (systemd, a container stop, `timeout`) ends the pass as Ctrl-C does, so
+        # the lease is given back instead of blocking every replica for its full term.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         db = Database(settings.database_url)
         evolution, webhook = evolution_from_settings(settings)
         reconciler = Reconciler.from_settings(settings, db, evolution, webhook)
@@ -36,11 +43,11 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
     try:
         report = asyncio.run(run())
     except (EvolutionError, DatabaseUnavailable) as exc:
-        raise click.ClickException(
-            f"reconcile pass stopped (corrections made before this are kept): {exc}"
-        ) from exc
+        _fail(as_json, f"reconcile pass stopped (corrections made before this are kept): {exc}")
+    except asyncio.CancelledError:
+        _fail(as_json, "reconcile pass stopped by a signal (corrections made before it are kept)")
     if report is None:
-        raise click.ClickException("another replica is running a pass; try again shortly")
+        _fail(as_json, "another replica is running a pass; try again shortly", busy=True)
     if as_json:
         print_json(report.as_dict())
         return
@@ -54,3 +61,17 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
         print_table(("kind", "instance_name", "action", "detail"), rows)
     else:
         click.echo("everything agrees")
+
+
+def _fail(as_json: bool, message: str, *, busy: bool = False) -> NoReturn:
+    """Stop with ``message``; with --json also as JSON on stdout, so a script reading it
+    always gets a document."""
+    if as_json:
+        print_json({"error": message})
+    raise (_Busy if busy else click.ClickException)(message)
+
+
+class _Busy(click.ClickException):
+    """Another replica holds the lease: nothing failed, try again later."""
+
+    exit_code = 3
