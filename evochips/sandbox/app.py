@@ -357,11 +357,17 @@ def create_sandbox(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if config.state_file is not None:
-            storage.load(world, config.state_file)
+        if config.state_file is None:
+            yield
+            await world.aclose()
+            return
+        storage.load(world, config.state_file)
+        saver = asyncio.create_task(storage.keep_saved(world, config.state_file, config.save_every))
         yield
-        if config.state_file is not None:
-            storage.save(world, config.state_file)
+        saver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saver
+        storage.save(world, config.state_file)
         await world.aclose()
 
     restart_method = "PUT" if v1 else "POST"

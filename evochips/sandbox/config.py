@@ -26,8 +26,10 @@ class SandboxConfig:
     # With no route to WhatsApp (as the live recordings were made), no QR ever appears.
     offline: bool = False
     webhook_attempts: int = 10
-    # Where instances are kept across restarts; None keeps them in memory only.
+    # Where instances are kept across restarts; None keeps them in memory only. It is
+    # written whenever they changed, checked every ``save_every`` seconds, and on exit.
     state_file: Path | None = None
+    save_every: float = 1.0
 
     def seconds(self, real: float) -> float:
         return real * self.time_scale

@@ -4,6 +4,7 @@ so a paired number comes back open and an unpaired one shows QR codes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -24,6 +25,22 @@ _KEPT = ("name", "token", "integration", "number", "instance_id", "wuid", "profi
 
 def save(world: World, path: Path) -> None:
     """Write the instances to ``path`` (atomically, so a crash leaves the old file)."""
+    _write(path, _serialised(world))
+
+
+async def keep_saved(world: World, path: Path, every: float) -> None:
+    """Save the instances whenever they have changed, looking every ``every`` seconds, so
+    that a sandbox killed without warning forgets at most that much (until cancelled)."""
+    written = _serialised(world)
+    while True:
+        await asyncio.sleep(every)
+        current = _serialised(world)
+        if current != written:
+            _write(path, current)
+            written = current
+
+
+def _serialised(world: World) -> str:
     rows = []
     for instance in world.instances.values():
         row: dict[str, Any] = {key: getattr(instance, key) for key in _KEPT}
@@ -31,8 +48,12 @@ def save(world: World, path: Path) -> None:
         row["qr_count"] = instance.qr.count
         row["webhook"] = dataclasses.asdict(instance.webhook) if instance.webhook else None
         rows.append(row)
+    return json.dumps(rows, indent=1, ensure_ascii=True)
+
+
+def _write(path: Path, text: str) -> None:
     partial = path.with_suffix(path.suffix + ".tmp")
-    partial.write_text(json.dumps(rows, indent=1, ensure_ascii=True))
+    partial.write_text(text)
     os.replace(partial, path)
 
 

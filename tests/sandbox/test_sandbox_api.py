@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,27 @@ async def test_instances_survive_a_restart_and_connect_again(tmp_path: Path) -> 
     assert shown["paired"]["state"] == "open" and shown["paired"]["wuid"]
     assert shown["waiting"]["state"] == "connecting"
     assert found.status_code == 200 and found.json()["headers"] == hook["headers"]
+
+
+async def test_a_sandbox_killed_without_warning_keeps_what_it_had_a_moment_before(
+    tmp_path: Path,
+) -> None:
+    """The state file is written while the sandbox runs, not only when it stops: a
+    ``kill -9`` must not make a restarted sandbox forget instances whose chips live on."""
+    state = tmp_path / "sandbox.json"
+    config = SandboxConfig(global_key=KEY, time_scale=0.001, state_file=state, save_every=0.02)
+    sandbox = create_sandbox(config)
+    async with _lifespan(sandbox), _client(sandbox) as api:
+        await api.post("/instance/create", json=_create("paired"))
+        await asyncio.sleep(0.05)
+        await api.post("/_sandbox/instances/paired/scan")
+        for _ in range(100):  # the scan opens the instance a moment later
+            await asyncio.sleep(0.02)
+            kept = json.loads(state.read_text()) if state.exists() else []
+            if kept and kept[0]["paired"]:
+                break
+        # Read while it still runs: all a kill -9 would leave behind.
+        assert [(row["name"], row["paired"]) for row in kept] == [("paired", True)]
 
 
 @contextlib.asynccontextmanager
