@@ -208,10 +208,13 @@ class _Pass:
 
     # -- a chip whose instance Evolution does not list -------------------------------------
 
+    def _create_may_be_running(self, chip: Chip) -> bool:
+        """A pending chip that never learnt its instance's id, changed within the create
+        grace: its create (or the retry that claimed it) may not have been answered yet."""
+        return _unconfirmed(chip) and self.now - chip.updated_at < self.r._settings.create_grace
+
     async def missing(self, chip: Chip) -> None:
-        settings = self.r._settings
-        unconfirmed = chip.evolution_instance_id is None and chip.status == ChipStatus.PENDING
-        if unconfirmed and self.now - chip.updated_at < settings.create_grace:
+        if self._create_may_be_running(chip):
             detail = "no instance yet; its create may still be running"
             self.found("create_in_flight", chip.instance_name, chip.id, detail, "left alone")
             return
@@ -220,7 +223,7 @@ class _Pass:
         # The list was read at the start of the pass; ask again before deleting anything.
         if await self.r._evolution.fetch_instance(chip.instance_name) is not None:
             return
-        if unconfirmed:
+        if _unconfirmed(chip):
             detail = "Evolution never created the instance (its create got no answer)"
             await self._fire(chip, Trigger.REJECTED, {"reason": detail})
             self.found("create_failed", chip.instance_name, chip.id, detail, "marked failed")
@@ -244,6 +247,12 @@ class _Pass:
             self.found("instance_replaced", chip.instance_name, chip.id, detail, "deleted")
             return
         if chip.evolution_instance_id is None and info.instance_id is not None:
+            if self._create_may_be_running(chip):
+                # Evolution made the instance and has not answered yet (it waits 5 s
+                # before it does): the create is still in hand, not lost.
+                detail = "the instance exists; its create may still be waiting for an answer"
+                self.found("create_in_flight", chip.instance_name, chip.id, detail, "left alone")
+                return
             if not self._spend():
                 return
             detail = "the create went through but its answer was lost"
@@ -408,6 +417,11 @@ class _Pass:
 def _replaced(chip: Chip, info: InstanceInfo) -> bool:
     known, listed = chip.evolution_instance_id, info.instance_id
     return known is not None and listed is not None and known != listed
+
+
+def _unconfirmed(chip: Chip) -> bool:
+    """A pending chip whose create has not been answered: it never learnt its instance."""
+    return chip.evolution_instance_id is None and chip.status == ChipStatus.PENDING
 
 
 def _lost_session(chip: Chip, info: InstanceInfo) -> Trigger | None:

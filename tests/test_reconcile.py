@@ -329,6 +329,27 @@ async def test_serve_reconciles_in_the_background_and_the_cli_reports(
     assert (await chip_named(db, "chip-gone-too")).status == "deleted"
 
 
+async def test_a_create_still_waiting_for_its_answer_is_left_alone(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    """Evolution makes the instance, then sleeps 5 s before it answers the create: a pass
+    in between sees an instance the chip does not know yet, and must not call the create
+    lost."""
+    from evochips import lifecycle
+
+    chip = await lifecycle.register(db, NAME, "5511900000001")
+    _created_elsewhere(fake, NAME, HOOK.url)
+    patient = ReconcileSettings(orphans=OrphanPolicy.ADOPT, create_grace=timedelta(minutes=2))
+
+    report = await Reconciler(db, client, HOOK, patient).run()
+
+    assert [(f.kind, f.action) for f in report.findings] == [("create_in_flight", "left alone")]
+    assert [row.trigger for row in await transitions(db, chip.id)] == ["registered"]
+    # Once the grace is over the create counts as answered-and-lost, and is finished.
+    late = await _reconciler(db, client).run()
+    assert ("create_confirmed", "adopted") in [(f.kind, f.action) for f in late.findings]
+
+
 async def test_a_pass_stopped_by_sigterm_gives_its_lease_back(
     db: Database, database_url: str
 ) -> None:
