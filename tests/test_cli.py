@@ -12,7 +12,7 @@ import pytest
 
 from evochips import lifecycle, settings
 from evochips.db import Database
-from evochips.lifecycle import Source
+from evochips.lifecycle import Facts, Source
 from evochips.settings import SettingsError
 from evochips.statemachine import Trigger
 from tests.chips import given_chip
@@ -186,6 +186,25 @@ async def test_chips_show_and_list_name_a_chips_flags(db: Database, database_url
     header, row = listed.stdout.splitlines()
     assert header.split()[3] == "FLAGS" and row.split()[3] == "misconfigured"
     assert settings.load(GOOD).unstable_clear_after == 600.0
+
+
+async def test_chips_show_prints_what_a_webhook_said_on_one_line(
+    db: Database, database_url: str
+) -> None:
+    """A profile name and JID come from WhatsApp by way of a webhook: newlines, carriage
+    returns and terminal escapes in them are printed escaped, so they cannot forge lines
+    or drive the terminal."""
+    chip = await given_chip(db, "chip-01", "pending", "close")
+    hostile = Facts(wuid="5511900000001@s.whatsapp.net", profile_name="Loja\r\nstatus: ok\x1b[2J")
+    await lifecycle.fire(db, chip.id, Trigger.CONNECTED, Source.WEBHOOK, hostile)
+    env = {"EVOCHIPS_DATABASE_URL": database_url}
+
+    shown = await asyncio.to_thread(evochips, "chips", "show", "chip-01", env=env)
+
+    assert "\x1b" not in shown.stdout and "\r" not in shown.stdout
+    line = next(line for line in shown.stdout.splitlines() if line.startswith("profile_name"))
+    assert line.endswith("Loja\\r\\nstatus: ok\\x1b[2J")
+    assert not any(line.startswith("status: ok") for line in shown.stdout.splitlines())
 
 
 def test_audit_export_refuses_an_id_past_64_bits(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -74,13 +75,23 @@ def print_fields(data: dict[str, Any]) -> None:
 
 
 def cell(value: Any) -> str:
+    """One value as a table shows it, on one line: text from webhooks (a profile name, a
+    JID) may hold newlines or terminal escapes, which are shown escaped, not obeyed."""
     if value is None:
         return "-"
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
     if isinstance(value, dict | list):
         return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    return _CONTROL.sub(_escaped, str(value))
+
+
+# C0 and C1 control characters, DEL, and the line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match[0].encode("unicode_escape").decode("ascii")
 
 
 def _json_default(value: Any) -> Any:
