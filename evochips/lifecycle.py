@@ -562,11 +562,17 @@ async def _check_unambiguous(
     if chip_id is not None:
         names_a_chip |= (Chip.instance_name == chip_id) & (Chip.id != chip_id)
     clash = await session.scalar(select(Chip.id).where(names_a_chip).limit(1))
-    if clash is not None:
+    if clash is None:
+        return
+    if chip_id is None:
         raise RegistrationConflict(
-            f"chip id {chip_id!r} or instance name {instance_name!r} is another chip's "
-            "name or id; pick one that names nothing else"
+            f"instance name {instance_name!r} is the id of chip {clash}; pick a name that "
+            "names nothing else"
         )
+    raise RegistrationConflict(
+        f"chip id {chip_id!r} or instance name {instance_name!r} is another chip's name or "
+        "id; pick one that names nothing else"
+    )
 
 
 async def lock_chip(session: AsyncSession, condition: Any) -> Chip | None:

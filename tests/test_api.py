@@ -448,7 +448,11 @@ async def test_a_chip_id_may_not_be_another_chips_name(api: httpx.AsyncClient) -
     body = {"instance_name": "amb1", "telefone": "5511900000041", "chip_id": "race2"}
     _error(await api.post("/api/v1/chips", json=body), 409, "name_in_use")
     named_as_id = {"instance_name": other["id"], "telefone": "5511900000041"}
-    _error(await api.post("/api/v1/chips", json=named_as_id), 409, "name_in_use")
+    error = _error(await api.post("/api/v1/chips", json=named_as_id), 409, "name_in_use")
+    assert error["message"] == (
+        f"instance name {other['id']!r} is the id of chip {other['id']}; pick a name that "
+        "names nothing else"
+    )
     assert (await api.get("/api/v1/chips/race2")).json()["id"] == other["id"]
 
 
