@@ -561,8 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--deliveries", type=int, default=100_000)
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--json", default=str(BENCH / "results.json"))
+    parser.add_argument("--json", help="Where to write the figures (default: "
+                        "bench/results.json, or bench/results-quick.json with --quick, so a "
+                        "smoke run never replaces the figures of a full one).")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.json is None:
+        args.json = str(BENCH / ("results-quick.json" if args.quick else "results.json"))
     generator = "wrk" if shutil.which("wrk") else "python"
     options = Options(
         duration=1.0 if args.quick else args.duration,
