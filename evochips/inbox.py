@@ -30,6 +30,7 @@ from evochips.lifecycle import (
     QrEffect,
     Source,
     apply_decision,
+    apply_with_delivery,
     decide_for,
     is_stale,
     qr_effect,
@@ -121,6 +122,8 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
                 await apply_decision(session, chip, decision, Source.WEBHOOK, facts, None)
                 return WebhookResult(Outcome.APPLIED, repeated, chip.id, decision, NO_CHANGE)
             change_note = NO_CHANGE
+        if _in_one_statement(session, chip):
+            return await _apply_in_one_statement(session, chip, event, decision, facts, change_note)
         result = await _store_event(session, event, Outcome.APPLIED, change_note, chip.id)
         if result.outcome is Outcome.APPLIED:
             changes = _counted(chip, decision, facts, result.event_id)
@@ -129,6 +132,33 @@ async def record_webhook(db: Database, event: WebhookEvent) -> WebhookResult:
             )
             return WebhookResult(Outcome.APPLIED, result.event_id, chip.id, decision)
         return result
+
+
+def _in_one_statement(session: AsyncSession, chip: Chip) -> bool:
+    """Whether the delivery, the chip's update and its history can be one statement: on
+    PostgreSQL (SQLite has no writing CTEs), unless this delivery moves the baseline up,
+    which needs the delivery's id before the chip's update."""
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    return postgresql and chip.baseline_deliveries + 1 < MAX_REPLAY
+
+
+async def _apply_in_one_statement(
+    session: AsyncSession,
+    chip: Chip,
+    event: WebhookEvent,
+    decision: Decision,
+    facts: Facts,
+    detail: str | None,
+) -> WebhookResult:
+    values = _delivery_values(event, Outcome.APPLIED, detail, chip.id)
+    changes = {"baseline_deliveries": chip.baseline_deliveries + 1}
+    event_id = await apply_with_delivery(
+        session, chip, decision, facts, _FIRST_COPY_IN_A_STATEMENT, values, changes
+    )
+    if event_id is None:
+        return await _counted_copy(session, event, chip.id)
+    _log_delivery(session, event, Outcome.APPLIED)
+    return WebhookResult(Outcome.APPLIED, event_id, chip.id, decision)
 
 
 def _counted(chip: Chip, decision: Decision, facts: Facts, event_id: int) -> dict[str, Any]:
@@ -352,6 +382,18 @@ def _first_copy(dialect: Any) -> Any:
 
 
 _FIRST_COPY = {"postgresql": _first_copy(postgresql), "sqlite": _first_copy(sqlite)}
+_DELIVERY_COLUMNS = ("dedupe_key", "instance_name", "event", "date_time", "received_at", "body",
+                     "outcome", "detail", "chip_id", "trigger", "status_reason")  # fmt: skip
+
+
+# The same, within a larger statement (``lifecycle.apply_with_delivery``): its parameters
+# are prefixed, so as not to meet the chip's and the history's of the same names.
+_EVENTS = WebhookEventRow.metadata.tables[WebhookEventRow.__tablename__]
+_FIRST_COPY_IN_A_STATEMENT = _FIRST_COPY["postgresql"].values(
+    {name: bindparam(f"d_{name}", type_=_EVENTS.c[name].type) for name in _DELIVERY_COLUMNS}
+    # Column defaults are not filled in for an INSERT inside a CTE.
+    | {"repeats": 1, "copies": 0}
+)
 
 
 async def _store_event(
@@ -363,7 +405,27 @@ async def _store_event(
 ) -> WebhookResult:
     """Insert the delivery's row; a copy of a delivery that owns its key is ``duplicate``
     and is counted on that delivery's row instead of stored."""
-    values = {
+    first = _FIRST_COPY[session.get_bind().dialect.name]
+    values = _delivery_values(event, outcome, detail, chip_id)
+    event_id = (await session.execute(first, values)).scalar_one_or_none()
+    if event_id is None:
+        return await _counted_copy(session, event, chip_id)
+    _log_delivery(session, event, outcome)
+    return WebhookResult(outcome, event_id, chip_id, None, detail)
+
+
+async def _counted_copy(
+    session: AsyncSession, event: WebhookEvent, chip_id: str | None
+) -> WebhookResult:
+    event_id = await _count_copy(session, event.dedupe_key)
+    _log_delivery(session, event, Outcome.DUPLICATE)
+    return WebhookResult(Outcome.DUPLICATE, event_id, chip_id, None, "delivered before")
+
+
+def _delivery_values(
+    event: WebhookEvent, outcome: Outcome, detail: str | None, chip_id: str | None
+) -> dict[str, Any]:
+    return {
         "dedupe_key": event.dedupe_key,
         "instance_name": event.instance,
         "event": event.event,
@@ -376,12 +438,9 @@ async def _store_event(
         "trigger": event.signal.trigger.value if event.signal else None,
         "status_reason": event.signal.status_reason if event.signal else None,
     }
-    first = _FIRST_COPY[session.get_bind().dialect.name]
-    event_id = (await session.execute(first, values)).scalar_one_or_none()
-    if event_id is None:
-        outcome, detail = Outcome.DUPLICATE, "delivered before"
-        event_id = await _count_copy(session, event.dedupe_key)
+
+
+def _log_delivery(session: AsyncSession, event: WebhookEvent, outcome: Outcome) -> None:
     log_after_commit(
         session, logger, "webhook %s for %r: %s", event.event, event.instance, outcome.value
     )
-    return WebhookResult(outcome, event_id, chip_id, None, detail)

@@ -10,13 +10,14 @@ No network call happens while a transaction here is open.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
@@ -238,6 +239,102 @@ async def apply_decision(
 ) -> Chip:
     """Write a decision: update the locked chip and, if anything moved (or the trigger is
     one that is recorded anyway), append history."""
+    plan = _plan(chip, decision, source, facts, changes)
+    # A Core UPDATE: the ORM's bulk-update path costs more than the statement itself on
+    # this, the hottest write; the locked ``chip`` takes the stored row as returned.
+    result = await session.execute(_chip_update(chip, plan.values).returning(*_CHIPS.c))
+    _took(session, chip, result.one_or_none(), plan)
+    if decision.recorded:
+        await _append_history(
+            session, chip.id, decision, source, plan.facts, webhook_event_id, plan.now
+        )
+    return chip
+
+
+async def apply_with_delivery(
+    session: AsyncSession,
+    chip: Chip,
+    decision: Decision,
+    facts: Facts,
+    delivery: Any,
+    delivery_values: dict[str, Any],
+    changes: dict[str, Any] | None = None,
+) -> int | None:
+    """PostgreSQL only: store a webhook's delivery, update the locked chip and append its
+    history in one statement, one round trip where :func:`apply_decision` and the
+    delivery's own INSERT take three. ``delivery`` is that INSERT, built once, taking
+    ``delivery_values`` as parameters named ``d_<column>`` and doing nothing on conflict;
+    when it inserts nothing (a copy of a delivery stored before) nothing else is written
+    either. Returns the delivery's id, or None."""
+    plan = _plan(chip, decision, Source.WEBHOOK, facts, changes)
+    columns = tuple(sorted(plan.values))
+    statement = _one_statement(delivery, columns, decision.recorded)
+    parameters = {
+        "chip_id": chip.id,
+        "chip_version": chip.version,
+        **{f"s_{column}": plan.values[column] for column in columns},
+        **{f"d_{column}": value for column, value in delivery_values.items()},
+    }
+    if decision.recorded:
+        row = _history_values(chip.id, decision, Source.WEBHOOK, plan.facts, plan.now)
+        parameters.update({f"h_{name}": value for name, value in row.items()})
+    result = (await session.execute(statement, parameters)).one_or_none()
+    if result is None:
+        return None
+    values = result._asdict()
+    delivery_id = values.pop("delivery_id")
+    _took(session, chip, result if values["id"] is not None else None, plan, values)
+    return int(delivery_id)
+
+
+@functools.cache
+def _one_statement(delivery: Any, columns: tuple[str, ...], recorded: bool) -> Any:
+    """The statement of :func:`apply_with_delivery` for a chip update that sets
+    ``columns``; built once for each such set, since building it costs more than running
+    it."""
+    stored = delivery.cte("delivery")
+    updated = (
+        update(_CHIPS)
+        .where(
+            _CHIPS.c.id == bindparam("chip_id"),
+            _CHIPS.c.version == bindparam("chip_version"),
+            select(stored.c.id).exists(),
+        )
+        .values(
+            {column: bindparam(f"s_{column}", type_=_CHIPS.c[column].type) for column in columns}
+        )
+        .returning(*_CHIPS.c)
+        .cte("updated")
+    )
+    statement = select(stored.c.id.label("delivery_id"), *updated.c).select_from(
+        stored.outerjoin(updated, true())
+    )
+    if not recorded:
+        return statement
+    names = [name for name in _HISTORY_COLUMNS if name != "webhook_event_id"]
+    values = [bindparam(f"h_{name}", type_=_HISTORY.c[name].type) for name in names]
+    turn = select(func.pg_advisory_xact_lock(HISTORY_ORDER_LOCK)).subquery("turn")
+    source = select(updated.c.id, _next_seq(updated.c.id), *values, stored.c.id).select_from(
+        updated.join(stored, true()).join(turn, true())
+    )
+    history = insert(_HISTORY).from_select(["chip_id", "seq", *names, "webhook_event_id"], source)
+    return statement.add_cte(history.cte("history"))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    decision: Decision
+    source: Source
+    facts: Facts
+    values: dict[str, Any]
+    flags_before: tuple[bool, bool]
+    now: datetime
+
+
+def _plan(
+    chip: Chip, decision: Decision, source: Source, facts: Facts, changes: dict[str, Any] | None
+) -> _Plan:
+    """What writing ``decision`` sets on the chip, and the facts its history row keeps."""
     now = utcnow()
     values: dict[str, Any] = {
         "status": decision.to_status.value,
@@ -272,26 +369,35 @@ async def apply_decision(
     values.update(changes or {})
     if decision.changed and source is not Source.WEBHOOK:
         values.update(_baseline(chip, values))
-    # Read before the update: it refreshes ``chip`` itself, the same object as its result.
-    flags_before = _flags(chip)
+    if note:
+        facts = replace(facts, note={**facts.note, **note})
+    # Read before the update: it refreshes ``chip`` itself.
+    return _Plan(decision, source, facts, values, _flags(chip), now)
 
-    # A Core UPDATE: the ORM's bulk-update path costs more than the statement itself on
-    # this, the hottest write; the locked ``chip`` takes the stored row as returned.
-    result = await session.execute(
+
+def _chip_update(chip: Chip, values: dict[str, Any]) -> Any:
+    return (
         update(_CHIPS)
         .where(_CHIPS.c.id == chip.id, _CHIPS.c.version == chip.version)
         .values(**values)
-        .returning(*_CHIPS.c)
     )
-    row = result.one_or_none()
+
+
+def _took(
+    session: AsyncSession,
+    chip: Chip,
+    row: Any,
+    plan: _Plan,
+    columns: dict[str, Any] | None = None,
+) -> None:
+    """Refresh ``chip`` from the row its update returned (its ``columns``, if given), and
+    log what the write did once it commits; raises ConcurrentChange if nothing matched."""
     if row is None:
         raise ConcurrentChange(f"chip {chip.id} changed while locked")
-    for column, value in row._mapping.items():
+    for column, value in (columns if columns is not None else row._mapping).items():
         set_committed_value(chip, column, value)
-    updated = chip
+    decision = plan.decision
     if decision.recorded:
-        facts = replace(facts, note={**facts.note, **note}) if note else facts
-        await _append_history(session, chip.id, decision, source, facts, webhook_event_id, now)
         log_after_commit(
             session,
             logger,
@@ -302,10 +408,9 @@ async def apply_decision(
             decision.from_connection.value,
             decision.to_status.value,
             decision.to_connection.value,
-            source.value,
+            plan.source.value,
         )
-    _log_new_flags(session, flags_before, updated)
-    return updated
+    _log_new_flags(session, plan.flags_before, chip)
 
 
 def _drops(
@@ -411,46 +516,63 @@ async def _append_history(
     webhook_event_id: int | None,
     now: datetime,
 ) -> None:
+    row = _history_values(chip_id, decision, source, facts, now)
     await session.execute(
         _APPEND_HISTORY[session.get_bind().dialect.name],
-        {
-            "chip": chip_id,
-            "from_status": decision.from_status.value,
-            "to_status": decision.to_status.value,
-            "from_connection": decision.from_connection.value,
-            "to_connection": decision.to_connection.value,
-            "trigger": decision.trigger.value,
-            "source": source.value,
-            "status_reason": facts.status_reason,
-            "metadata": _metadata(facts),
-            "webhook_event_id": webhook_event_id,
-            "created_at": now,
-        },
+        {**row, "webhook_event_id": webhook_event_id},
+    )
+
+
+def _history_values(
+    chip_id: str, decision: Decision, source: Source, facts: Facts, now: datetime
+) -> dict[str, Any]:
+    """A history row's values, but for ``seq`` and the delivery it came from."""
+    return {
+        "chip": chip_id,
+        "from_status": decision.from_status.value,
+        "to_status": decision.to_status.value,
+        "from_connection": decision.from_connection.value,
+        "to_connection": decision.to_connection.value,
+        "trigger": decision.trigger.value,
+        "source": source.value,
+        "status_reason": facts.status_reason,
+        "metadata": _metadata(facts),
+        "created_at": now,
+    }
+
+
+_HISTORY = ChipTransition.metadata.tables[ChipTransition.__tablename__]
+_HISTORY_COLUMNS = ("from_status", "to_status", "from_connection", "to_connection", "trigger",
+                    "source", "status_reason", "metadata", "webhook_event_id",
+                    "created_at")  # fmt: skip
+
+
+def _next_seq(chip_id: Any) -> Any:
+    """One past the chip's last history ``seq`` (the chip is locked, so no other writer
+    can take it)."""
+    return (
+        select(func.coalesce(func.max(_HISTORY.c.seq), 0) + 1)
+        .where(_HISTORY.c.chip_id == chip_id)
+        .scalar_subquery()
     )
 
 
 def _append_history_statement(*, take_turn: bool) -> Any:
-    """The history row's INSERT, its ``seq`` one past the chip's last; built once. With
-    ``take_turn`` (PostgreSQL) the same statement first waits for the history-order lock
-    (see ``_take_history_turn``), which saves a round trip on every transition."""
-    table = ChipTransition.metadata.tables[ChipTransition.__tablename__]
-    chip = bindparam("chip", type_=table.c.chip_id.type)
-    next_seq = (
-        select(func.coalesce(func.max(table.c.seq), 0) + 1)
-        .where(table.c.chip_id == chip)
-        .scalar_subquery()
-    )
-    columns = ("from_status", "to_status", "from_connection", "to_connection", "trigger",
-               "source", "status_reason", "metadata", "webhook_event_id", "created_at")  # fmt: skip
+    """The history row's INSERT, its values bound by name; built once. With ``take_turn``
+    (PostgreSQL) the same statement first waits for the history-order lock (see
+    ``_take_history_turn``), which saves a round trip on every transition."""
+    chip = bindparam("chip", type_=_HISTORY.c.chip_id.type)
     if not take_turn:
-        return insert(table).values(
-            chip_id=chip, seq=next_seq, **{name: bindparam(name) for name in columns}
+        return insert(_HISTORY).values(
+            chip_id=chip,
+            seq=_next_seq(chip),
+            **{name: bindparam(name) for name in _HISTORY_COLUMNS},
         )
     # The row's id is drawn from its sequence only once the lock's one row is produced.
     turn = select(func.pg_advisory_xact_lock(HISTORY_ORDER_LOCK)).subquery("turn")
-    values = [bindparam(name, type_=table.c[name].type) for name in columns]
-    row = select(chip, next_seq, *values).select_from(turn)
-    return insert(table).from_select(["chip_id", "seq", *columns], row)
+    values = [bindparam(name, type_=_HISTORY.c[name].type) for name in _HISTORY_COLUMNS]
+    row = select(chip, _next_seq(chip), *values).select_from(turn)
+    return insert(_HISTORY).from_select(["chip_id", "seq", *_HISTORY_COLUMNS], row)
 
 
 _APPEND_HISTORY = {

@@ -160,4 +160,7 @@ async def test_commands_racing_webhooks_leave_a_contiguous_history(db: Database)
             assert answer.json()["error"]["code"] == "invalid_transition"
     chip = await chip_named(db, "chip-1")
     await assert_history_consistent(db, chip.id)
-    assert len(await transitions(db, chip.id)) > 5
+    # How far the race gets depends on which moves come first; whatever the order, the
+    # webhooks moved the chip past what its create left (registered, then the first QR).
+    rows = await transitions(db, chip.id)
+    assert "webhook" in {row.source for row in rows[2:]}, rows
