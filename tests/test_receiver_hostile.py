@@ -500,7 +500,8 @@ async def test_dates_at_the_calendars_edge_are_no_date(
 ) -> None:
     await given_chip(db, "chip-0001", "pending", "connecting")
     response = await receiver.post("/webhooks/evolution", json={**OPEN, "date_time": date_time})
-    assert response.status_code == 200 and response.json()["outcome"] == "applied"
+    assert response.status_code == 200 and response.json()["outcome"] == "ignored"
+    assert "date_time" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("claims", [{"iat": "now", "exp": "later"}, {"iat": True, "exp": 600}])

@@ -142,6 +142,30 @@ async def test_a_late_open_still_counts_as_the_first_pairing(
     await assert_history_consistent(db, chip.id)
 
 
+@pytest.mark.parametrize("date_time", [None, "not a date", 1e308])
+async def test_an_event_without_a_usable_date_is_kept_and_never_applied(
+    db: Database, receiver: httpx.AsyncClient, date_time: Any
+) -> None:
+    """Evolution dates every event. One without a date cannot be placed among the others:
+    were it applied, a later replay would put it after every dated event, so an old
+    ``connecting`` would outrank the newest ``open``."""
+    await given_chip(db, "chip-0001", "pending", "close")
+    undated = _body("connecting", 0, "chip-0001")
+    undated.pop("date_time")
+    if date_time is not None:
+        undated["date_time"] = date_time
+    kept = await receiver.post("/webhooks/evolution", json=undated)
+    await receiver.post("/webhooks/evolution", json=_body("open", 10, "chip-0001"))
+    late = await receiver.post("/webhooks/evolution", json=_body("close-428", 5, "chip-0001"))
+
+    assert kept.status_code == 200 and kept.json()["outcome"] == "ignored"
+    assert "date_time" in kept.json()["detail"]
+    assert late.json()["outcome"] == "stale"
+    chip = await chip_named(db, "chip-0001")
+    assert (chip.status, chip.connection_state) == ("warming", "open")
+    await assert_history_consistent(db, chip.id)
+
+
 async def test_an_event_older_than_a_command_is_recorded_and_changes_nothing(
     db: Database, receiver: httpx.AsyncClient
 ) -> None:

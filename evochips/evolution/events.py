@@ -110,6 +110,10 @@ def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
         reason = "the body names no event"
     elif instance is None and event in HANDLED_EVENTS:
         signal, reason = None, "the body names no instance"
+    elif signal is not None and date_time is None:
+        # Evolution dates every event; one without a date cannot be placed among the
+        # others, and applied as it comes it would win every later replay.
+        signal, reason = None, "the body has no usable date_time, so it cannot be ordered"
     identity = [instance, event, envelope.get("date_time"), data] if event else body
     return WebhookEvent(
         event=event or UNNAMED,
