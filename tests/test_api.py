@@ -365,6 +365,19 @@ async def test_a_database_that_is_down_gives_503_with_retry_after(tmp_path: Any)
     await db.dispose()
 
 
+async def test_a_file_that_is_not_a_database_gives_503(tmp_path: Any) -> None:
+    (tmp_path / "evochips.db").write_text("not a database\n")
+    db = Database(f"sqlite+aiosqlite:///{tmp_path}/evochips.db")
+    app = create_app(db, SECRET, api=api_routes(db, None, (KEY,)))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t",
+                                 headers=BEARER) as api:  # fmt: skip
+        response = await api.get("/api/v1/chips")
+    await db.dispose()
+    error = _error(response, 503, "database_unavailable")
+    assert "not an SQLite database" in error["message"]
+    assert response.headers["retry-after"]
+
+
 async def test_unknown_routes_and_methods_answer_in_the_error_shape(
     api: httpx.AsyncClient,
 ) -> None:

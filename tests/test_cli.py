@@ -97,6 +97,14 @@ def test_unmigrated_database_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "cli.db").write_text("not a database\n")
+    result = evochips("chips", "list", env={"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)})
+    assert result.returncode == 1
+    assert "the database file is not an SQLite database" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_migrate_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'cli.db'}"
     result = evochips("migrate", env={"EVOCHIPS_DATABASE_URL": url})

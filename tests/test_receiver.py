@@ -138,6 +138,19 @@ async def test_readiness_reports_missing_schema(tmp_path: Path) -> None:
     assert ready.status_code == 503
 
 
+async def test_a_file_that_is_not_a_database_is_503_for_readiness_and_webhooks(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "evochips.db").write_text("not a database\n")
+    broken = Database(f"sqlite+aiosqlite:///{tmp_path / 'evochips.db'}")
+    async with _client(create_app(broken, SECRET), {"x-evochips-token": SECRET}) as client:
+        ready = await client.get("/readyz")
+        webhook = await client.post("/webhooks/evolution", json=CONNECTING)
+    await broken.dispose()
+    assert ready.status_code == 503
+    assert webhook.status_code == 503 and webhook.headers["retry-after"]
+
+
 async def test_a_webhook_before_the_chip_is_paired_finds_it(
     db: Database, receiver: httpx.AsyncClient
 ) -> None:

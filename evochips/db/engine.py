@@ -153,6 +153,10 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
     except DBAPIError as exc:
         if exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES):
             raise DatabaseUnavailable(_describe(exc)) from exc
+        if _sqlite_error(exc) in _SQLITE_FILE_ERRORS:
+            raise DatabaseUnavailable(
+                f"database unavailable: {_SQLITE_FILE_ERRORS[_sqlite_error(exc)]}"
+            ) from exc
         raise
     except PoolTimeout as exc:
         raise DatabaseUnavailable("no free database connection in time") from exc
@@ -183,6 +187,18 @@ _SQLSTATE_MEANINGS = {
     "55000": "the database takes no connections",
     "25006": "the database is read-only",
     "42501": "the database role lacks a privilege",
+}
+
+
+def _sqlite_error(exc: DBAPIError) -> str:
+    return str(getattr(exc.orig, "sqlite_errorname", None) or "")
+
+
+# What SQLite says of a file it cannot use as a database: not a fault of the request, and
+# put right by an operator, so 503 like a server that is down.
+_SQLITE_FILE_ERRORS = {
+    "SQLITE_NOTADB": "the database file is not an SQLite database",
+    "SQLITE_CORRUPT": "the database file is corrupt",
 }
 
 
