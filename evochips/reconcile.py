@@ -37,7 +37,7 @@ import socket
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -264,6 +264,10 @@ class _Pass:
         if await self._misconfigured(chip, info):
             return
         lost = _lost_session(chip, info)
+        if lost is not None and await self._open_since(chip, info.disconnection_at):
+            # Evolution keeps the reason of a close it has long recovered from: the number
+            # was paired again after it, and the chip has been through that close already.
+            lost = None
         if lost is not None:
             if not self._spend():
                 return
@@ -342,6 +346,21 @@ class _Pass:
         flagged = chip.unstable_since is not None and self.now - chip.unstable_since >= wait
         is_open = chip.connection_state == ConnectionState.OPEN
         return flagged and is_open and await self._unchanged_for(chip, wait)
+
+    async def _open_since(self, chip: Chip, closed_at: datetime | None) -> bool:
+        """Whether the chip was open after ``closed_at`` (Evolution's real UTC against our
+        history's clock; a pairing takes a person far longer than the two clocks differ)."""
+        if closed_at is None:
+            return False
+        async with self.r._db.read() as session:
+            opened = await session.scalar(
+                select(func.max(ChipTransition.created_at)).where(
+                    ChipTransition.chip_id == chip.id,
+                    ChipTransition.to_connection == ConnectionState.OPEN,
+                    ChipTransition.from_connection != ConnectionState.OPEN,
+                )
+            )
+        return opened is not None and opened > closed_at
 
     async def _unchanged_for(self, chip: Chip, wait: timedelta) -> bool:
         """Measured from the last history row, because a storm of unchanging events still

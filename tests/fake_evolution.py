@@ -51,6 +51,7 @@ class FakeInstance:
     qr_count: int = 0
     webhook_url: str | None = None
     disconnection_reason: int | None = None
+    disconnection_at: str | None = None  # real UTC, as Evolution stores it
 
 
 @dataclass
@@ -159,7 +160,8 @@ class FakeEvolution:
         rows = [
             {**template, "id": i.instance_id, "name": i.name, "connectionStatus": i.state,
              "ownerJid": None, "token": i.token,
-             "disconnectionReasonCode": i.disconnection_reason}
+             "disconnectionReasonCode": i.disconnection_reason,
+             "disconnectionAt": i.disconnection_at}
             for i in chosen
         ]  # fmt: skip
         return 200, json.dumps(rows)

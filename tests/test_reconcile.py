@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -491,6 +491,7 @@ async def test_a_lost_logout_is_found_though_the_instance_shows_a_new_qr(
     # again for a new QR, keeping the reason it closed.
     fake.instances[NAME].state = "connecting"
     fake.instances[NAME].disconnection_reason = 401
+    fake.instances[NAME].disconnection_at = datetime.now(UTC).isoformat()
 
     report = await _reconciler(db, client).run()
 
@@ -502,6 +503,25 @@ async def test_a_lost_logout_is_found_though_the_instance_shows_a_new_qr(
     chip = await chip_named(db, NAME)
     assert (chip.status, chip.connection_state) == ("pending", "connecting")
     assert (await _reconciler(db, client).run()).findings == []
+
+
+async def test_a_logout_the_chip_was_paired_again_after_is_not_lost_again(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    """Evolution keeps the reason of its last close after the number pairs again; caught
+    reconnecting (a drop, or Evolution restarting), the instance would look logged out."""
+    manager = InstanceManager(db, client, HOOK)
+    logged_out_at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    await _open_chip(manager, fake)
+    await manager.transicionar(NAME, "promote")
+    fake.instances[NAME].state = "connecting"
+    fake.instances[NAME].disconnection_reason = 401
+    fake.instances[NAME].disconnection_at = logged_out_at
+
+    report = await _reconciler(db, client).run()
+
+    assert "session_lost" not in [f.kind for f in report.findings]
+    assert (await chip_named(db, NAME)).status == "ready"
 
 
 async def test_one_instance_evolution_cannot_answer_for_holds_up_no_other(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from evochips.evolution.errors import EvolutionProtocolError
@@ -80,6 +81,9 @@ class InstanceInfo:
     # Why its last session closed (v2 only): 401 logged out, 403 banned, ...
     disconnection_reason: int | None = None
     integration: str | None = None
+    # When it closed: real UTC (unlike webhooks' ``date_time``), kept after the number
+    # pairs again, as the reason is.
+    disconnection_at: datetime | None = None
 
 
 # The header in which an instance's webhooks carry the tag of the chip it was made for.
@@ -204,9 +208,21 @@ def parse_instances(answer: Any) -> list[InstanceInfo]:
                 owner_jid=text_or_none(owner),
                 disconnection_reason=reason if type(reason) is int else None,
                 integration=text_or_none(integration, MAX_ID),
+                disconnection_at=_utc_instant(row.get("disconnectionAt")),
             )
         )
     return parsed
+
+
+def _utc_instant(value: Any) -> datetime | None:
+    """An ISO 8601 instant from Evolution's own database (``disconnectionAt``), or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def parse_webhook(answer: Any) -> WebhookInfo | None:
