@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from evochips import lifecycle
 from evochips.db import Chip, ChipTransition, Database, DatabaseUnavailable, Lease
@@ -66,6 +67,8 @@ LEASE_NAME = "reconcile"
 # Long enough for any pass (each Evolution call has a 20 s deadline, and a pass makes at
 # most max_actions of them); a replica that dies mid-pass gives the lease up by then.
 PASS_LEASE = timedelta(minutes=20)
+# How long giving the lease back may wait for the database to return.
+RELEASE_PATIENCE_SECONDS = 15.0
 # Close reasons after which the number must scan a new QR (reference section 3.4).
 _LOGGED_OUT_REASONS = frozenset({401, 402, 406})
 _BANNED_REASON = 403
@@ -521,6 +524,27 @@ async def release_lease(db: Database, holder: str) -> None:
         )
 
 
+@retry(
+    retry=retry_if_exception_type(DatabaseUnavailable),
+    stop=stop_after_delay(RELEASE_PATIENCE_SECONDS),
+    wait=wait_exponential(multiplier=0.5, max=4),
+    reraise=True,
+)
+async def _release_patiently(db: Database, holder: str) -> None:
+    await release_lease(db, holder)
+
+
+async def _give_lease_back(db: Database, holder: str) -> None:
+    """Release the lease, waiting out a short database outage: a lease left held would
+    keep every replica's passes (and ``evochips reconcile``) away until it expires."""
+    try:
+        await _release_patiently(db, holder)
+    except DatabaseUnavailable as exc:
+        logger.warning(
+            "could not give the reconcile lease back (%s); it lapses within %s", exc, PASS_LEASE
+        )
+
+
 async def run_once(reconciler: Reconciler, db: Database, holder: str) -> Report | None:
     """One pass under the lease, or None when another replica is running one."""
     if not await take_lease(db, holder, PASS_LEASE):
@@ -528,7 +552,7 @@ async def run_once(reconciler: Reconciler, db: Database, holder: str) -> Report 
     try:
         return await reconciler.run()
     finally:
-        await release_lease(db, holder)
+        await _give_lease_back(db, holder)
 
 
 async def reconcile_forever(reconciler: Reconciler, db: Database, interval: float) -> None:

@@ -25,7 +25,8 @@ from typing import Any
 import httpx
 import pytest
 
-from evochips.db import Database
+from evochips import reconcile
+from evochips.db import Database, DatabaseUnavailable
 from evochips.evolution.client import EvolutionClient
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager
@@ -275,6 +276,24 @@ async def test_one_replica_at_a_time_holds_the_lease(db: Database, client: Evolu
     await release_lease(db, "replica-a")
     assert await run_once(_reconciler(db, client), db, "replica-b") is not None
     assert await take_lease(db, "replica-a", timedelta(minutes=5))  # released after the pass
+
+
+async def test_the_lease_is_given_back_once_a_short_database_outage_ends(
+    db: Database, client: EvolutionClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database is away as the pass ends: the lease is given back when it returns,
+    not left to keep every replica's passes away for its whole term."""
+    outage = [DatabaseUnavailable("database unavailable (ConnectionRefusedError)")] * 2
+
+    async def away_then_back(db: Database, holder: str) -> None:
+        if outage:
+            raise outage.pop()
+        await release_lease(db, holder)
+
+    monkeypatch.setattr(reconcile, "release_lease", away_then_back)
+    assert await run_once(_reconciler(db, client), db, "replica-a") is not None
+    assert not outage
+    assert await take_lease(db, "replica-b", timedelta(minutes=5))
 
 
 async def test_evolution_unreachable_touches_nothing(db: Database) -> None:
