@@ -87,11 +87,12 @@ async def touch(db: Database, chip: Chip) -> None:
     """Mark a chip as being worked on (a create retried, say) so that a decision taken on
     an older reading of it, such as reconciliation's, does not go through; raises ChipMoved
     if it has changed since ``chip`` was read."""
+    now = utcnow()
     async with db.write() as session:
         touched = await session.execute(
             update(Chip)
             .where(Chip.id == chip.id, Chip.version == chip.version)
-            .values(version=chip.version + 1, updated_at=utcnow())
+            .values(version=chip.version + 1, command_started_at=now, updated_at=now)
         )
         if touched.rowcount != 1:  # type: ignore[attr-defined]
             raise ChipMoved(f"chip {chip.id} changed while a command was starting")
@@ -640,6 +641,7 @@ async def _insert_chip(
         baseline_event_id=0,
         baseline_date_time=evolution_date_time,
         version=1,
+        command_started_at=now,
         created_at=now,
         updated_at=now,
     )

@@ -212,9 +212,11 @@ class _Pass:
     # -- a chip whose instance Evolution does not list -------------------------------------
 
     def _create_may_be_running(self, chip: Chip) -> bool:
-        """A pending chip that never learnt its instance's id, changed within the create
-        grace: its create (or the retry that claimed it) may not have been answered yet."""
-        return _unconfirmed(chip) and self.now - chip.updated_at < self.r._settings.create_grace
+        """A pending chip that never learnt its instance's id, whose create (or the retry
+        that claimed it) started within the create grace, so may not have been answered
+        yet. Webhooks do not count: the instance shows a new QR every 45 s meanwhile."""
+        started = chip.command_started_at or chip.created_at
+        return _unconfirmed(chip) and self.now - started < self.r._settings.create_grace
 
     async def missing(self, chip: Chip) -> None:
         if self._create_may_be_running(chip):

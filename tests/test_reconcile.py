@@ -369,6 +369,35 @@ async def test_a_create_still_waiting_for_its_answer_is_left_alone(
     assert ("create_confirmed", "adopted") in [(f.kind, f.action) for f in late.findings]
 
 
+async def test_a_create_lost_for_longer_than_the_grace_is_adopted_though_qrs_keep_coming(
+    db: Database, fake: FakeEvolution, client: EvolutionClient
+) -> None:
+    """The instance of a create that died mid-flight shows a new QR every 45 s, and each
+    touches the chip: the grace runs from when the create started, not from the last QR."""
+    from sqlalchemy import update
+
+    from evochips import inbox, lifecycle
+    from evochips.db import Chip
+    from evochips.evolution.events import read_event
+    from tests.conftest import SAMPLES, load_json
+
+    chip = await lifecycle.register(db, NAME, "5511900000001")
+    _created_elsewhere(fake, NAME, HOOK.url)
+    started = datetime.now(UTC) - timedelta(minutes=3)
+    async with db.write() as session:
+        await session.execute(
+            update(Chip).where(Chip.id == chip.id).values(command_started_at=started)
+        )
+    qr = load_json(SAMPLES / "v2-webhook-qrcode-updated.json")
+    assert (await inbox.record_webhook(db, read_event(qr))).outcome is inbox.Outcome.APPLIED
+    patient = ReconcileSettings(orphans=OrphanPolicy.ADOPT, create_grace=timedelta(minutes=2))
+
+    report = await Reconciler(db, client, HOOK, patient).run()
+
+    assert ("create_confirmed", "adopted") in [(f.kind, f.action) for f in report.findings]
+    assert (await chip_named(db, NAME)).evolution_instance_id == fake.instances[NAME].instance_id
+
+
 async def test_a_pass_stopped_by_sigterm_gives_its_lease_back(
     db: Database, database_url: str
 ) -> None:

@@ -132,6 +132,10 @@ class Chip(Base):
     # ``telefone`` by more than Brazil's ninth digit.
     owner_number: Mapped[str | None] = mapped_column(String(20))
     number_mismatch: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When a command last started work on the chip (registration, a create retried): a
+    # create not yet answered is left alone for a while after it, however many webhooks
+    # (a QR every 45 s) touch the chip meanwhile.
+    command_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
