@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,26 @@ def test_serve_refuses_to_start_without_settings(tmp_path: Path) -> None:
     result = evochips("serve", env=env)
     assert result.returncode == 2
     assert result.stderr.strip() == "evochips: EVOCHIPS_WEBHOOK_SECRET is not set."
+
+
+@pytest.mark.parametrize("taken", ["receiver", "sandbox"])
+def test_serve_with_the_sandbox_on_a_port_in_use_says_so_in_one_sentence(
+    tmp_path: Path, taken: str
+) -> None:
+    with socket.socket() as squatter, socket.socket() as spare:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        spare.bind(("127.0.0.1", 0))
+        busy, free = squatter.getsockname()[1], spare.getsockname()[1]
+        receiver, sandbox = (busy, free) if taken == "receiver" else (free, busy)
+        spare.close()
+        env = {**GOOD, "EVOLUTION_API_URL": f"http://127.0.0.1:{sandbox}",
+               "EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)}  # fmt: skip
+        assert evochips("migrate", env=env).returncode == 0
+        result = evochips("serve", "--sandbox", "--port", str(receiver), env=env)
+    assert result.returncode == 1
+    assert f"Error: cannot listen on 127.0.0.1:{busy}, the {taken}'s port" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_migrate_then_list_an_empty_fleet(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -87,7 +88,10 @@ def serve(host: str, port: int, sandbox: bool, workers: int) -> None:
         )
     ]
     if sandbox:
-        servers.append(_sandbox_server(settings.evolution_api_url, settings.evolution_api_key))
+        sandbox_server = _sandbox_server(settings.evolution_api_url, settings.evolution_api_key)
+        _refuse_if_taken(servers[0], "the receiver's port")
+        _refuse_if_taken(sandbox_server, "the sandbox's port (from EVOLUTION_API_URL)")
+        servers.append(sandbox_server)
     asyncio.run(_serve_all(servers))
 
 
@@ -169,6 +173,20 @@ def _sandbox_server(url: str, key: str) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+
+
+def _refuse_if_taken(config: uvicorn.Config, what: str) -> None:
+    """Say so in one sentence when a port is in use: uvicorn, serving beside another
+    server, would end the process with a traceback from each."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((config.host, config.port))
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {config.host}:{config.port}, {what}: {exc.strerror}; "
+                "stop what uses it, or choose another port"
+            ) from exc
 
 
 async def _serve_all(configs: list[uvicorn.Config]) -> None:
