@@ -35,7 +35,9 @@ async def test_no_secret_reaches_logs_bodies_or_metadata(
     qr["destination"] = f"https://chips.example.com/webhooks/evolution/k/{SECRET}/qrcode-updated"
     qr["data"]["qrcode"] |= {"code": QR_CODE, "base64": QR_IMAGE, "pairingCode": PAIRING}
     opened = load_json(SAMPLES / "v2-webhook-connection-update-open.json")
-    opened |= {"instance": "chip-0002", "apikey": INSTANCE_TOKEN}
+    # A URL with credentials in it, in any field, is stored without them.
+    opened |= {"instance": "chip-0002", "apikey": INSTANCE_TOKEN,
+               "server_url": f"http://evolution:{SECRET}@evolution.internal:8080"}  # fmt: skip
     opened["data"]["instance"] = "chip-0002"
 
     await receiver.post("/webhooks/evolution", json=qr)

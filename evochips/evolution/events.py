@@ -46,6 +46,8 @@ _EVENT_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # The webhook secret in a URL path (see evochips.receiver.auth): /webhooks/evolution/k/<secret>
 _PATH_SECRET = re.compile(r"(/webhooks/evolution/k/)[^/?#\s]*")
+# Credentials in a URL's authority (``https://user:password@host``), wherever they are.
+_URL_CREDENTIALS = re.compile(r"(\w://)[^/?#@\s]+@")
 _SECRET_KEYS = frozenset({"apikey", "base64", "code", "pairingCode", "token", "hash", "jwt_key"})
 
 # Close reasons after which Evolution v2 does not reconnect by itself and a new QR is
@@ -154,6 +156,8 @@ def redact(value: Any) -> Any:
     if isinstance(value, str):
         if "/k/" in value:  # Evolution echoes the delivery URL (``destination``) it used
             value = _PATH_SECRET.sub(r"\1" + REDACTED, value)
+        if "@" in value and "://" in value:
+            value = _URL_CREDENTIALS.sub(r"\1" + REDACTED + "@", value)
         return _storable(value)
     return value
 
