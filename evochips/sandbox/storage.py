@@ -44,7 +44,7 @@ def _serialised(world: World) -> str:
     rows = []
     for instance in world.instances.values():
         row: dict[str, Any] = {key: getattr(instance, key) for key in _KEPT}
-        row["paired"] = instance.opened and instance.state == "open"
+        row["paired"] = instance.session
         row["qr_count"] = instance.qr.count
         row["webhook"] = dataclasses.asdict(instance.webhook) if instance.webhook else None
         rows.append(row)

@@ -64,6 +64,9 @@ class Instance:
     wuid: str | None = None
     profile_name: str | None = None
     opened: bool = False
+    # The number's credentials are held: a restart or reconnect resumes the session (back
+    # to open, no QR) until a logout or ban ends it.
+    session: bool = False
     # This socket's QR has been scanned; the pairing is under way.
     scanned: bool = False
     disconnection_code: int | None = None
@@ -158,7 +161,8 @@ class World:
     def restart(self, instance: Instance) -> None:
         """v2's restart ends the socket with a plain error, so it reconnects silently: a
         paired number comes back open, an unpaired one shows QR codes again."""
-        if instance.state == "open":
+        if instance.state == "open" or instance.session:
+            # A paired number caught reconnecting (a second restart, say) resumes too.
             self.reconnect(instance)
         else:
             self.start_socket(instance)
@@ -186,6 +190,7 @@ class World:
         v2 sends status.instance, logout.instance and connection.update close; v1 only the
         close, and keeps reconnecting after anything but 401."""
         self._stop_qr(instance)
+        instance.session = False
         instance.disconnection_code = code
         instance.disconnection_at = instance.updated_at = _utc_iso()
         if self.config.version == 1:
@@ -247,7 +252,7 @@ class World:
 
     def _open(self, instance: Instance) -> None:
         instance.state = "open"
-        instance.opened = True
+        instance.opened = instance.session = True
         self.connection(instance, "open", 200)
 
     def _connecting(self, instance: Instance) -> None:

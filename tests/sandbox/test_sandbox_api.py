@@ -151,6 +151,23 @@ async def test_the_scanning_phone_can_be_named_and_its_number_is_the_owner(
     assert owners["b"] is not None and owners["b"].endswith("@s.whatsapp.net")
 
 
+async def test_restarts_one_on_another_bring_a_paired_number_back_open(
+    api: httpx.AsyncClient,
+) -> None:
+    """The second restart finds the instance reconnecting from the first: it still holds
+    the number's credentials, so it resumes again instead of showing QR codes."""
+    await api.post("/instance/create", json=_create("a"))
+    await asyncio.sleep(0.05)
+    await api.post("/_sandbox/instances/a/scan")
+    await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(api.post("/instance/restart/a") for _ in range(2)))
+    await asyncio.sleep(0.05)
+
+    shown = {i["instance"]: i for i in (await api.get("/_sandbox/instances")).json()}
+    assert shown["a"]["state"] == "open"
+
+
 async def test_instances_survive_a_restart_and_connect_again(tmp_path: Path) -> None:
     state = tmp_path / "sandbox.json"
     config = SandboxConfig(global_key=KEY, time_scale=0.001, state_file=state)
