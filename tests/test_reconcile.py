@@ -398,11 +398,13 @@ async def test_a_create_lost_for_longer_than_the_grace_is_adopted_though_qrs_kee
     assert (await chip_named(db, NAME)).evolution_instance_id == fake.instances[NAME].instance_id
 
 
-async def test_a_pass_stopped_by_sigterm_gives_its_lease_back(
-    db: Database, database_url: str
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+async def test_a_pass_stopped_by_a_signal_gives_its_lease_back(
+    db: Database, database_url: str, stop: signal.Signals
 ) -> None:
-    """systemd, a container stop or ``timeout`` end a pass with SIGTERM; the next pass,
-    from any replica, must not wait out the lease the stopped one held."""
+    """systemd, a container stop or ``timeout`` end a pass with SIGTERM, a person with
+    Ctrl-C; the next pass, from any replica, must not wait out the lease the stopped one
+    held, and a script reading ``--json`` still gets a document."""
     from tests.chips import given_chip
     from tests.servers import NEUTRAL_DIR, free_port, receiver_env, serving_app
 
@@ -433,7 +435,7 @@ async def test_a_pass_stopped_by_sigterm_gives_its_lease_back(
         )  # fmt: skip
         try:
             assert await asyncio.to_thread(listing.wait, 30), "the pass never listed"
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop)
             stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
         finally:
             released.set()

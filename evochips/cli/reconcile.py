@@ -44,7 +44,7 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
         report = asyncio.run(run())
     except (EvolutionError, DatabaseUnavailable) as exc:
         _fail(as_json, f"reconcile pass stopped (corrections made before this are kept): {exc}")
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, KeyboardInterrupt):  # SIGTERM, or Ctrl-C
         _fail(as_json, "reconcile pass stopped by a signal (corrections made before it are kept)")
     if report is None:
         _fail(as_json, "another replica is running a pass; try again shortly", busy=True)
