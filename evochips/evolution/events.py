@@ -13,9 +13,10 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from evochips.evolution.shapes import iso_wall_time
 from evochips.statemachine import Trigger
 
 HANDLED_EVENTS = frozenset(
@@ -245,22 +246,10 @@ def _dedupe_key(identity: Any) -> str:
 
 
 def _parse_date_time(value: Any) -> datetime | None:
-    """Evolution's ``date_time`` is server-local wall time labelled ``Z``; it is kept as a
-    naive value and only ever compared with other ``date_time`` values."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if parsed.tzinfo is not None:
-        # "Z" is Evolution's usual (false) label and leaves the wall time as it is; a real
-        # offset is honoured.
-        try:
-            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-        except OverflowError:  # year 1 or 9999 pushed past the calendar's edge
-            return None
-    return parsed
+    """Evolution's ``date_time`` is server-local wall time labelled ``Z`` (its usual, false
+    label, which leaves the wall time as it is; a real offset is honoured); it is kept as
+    a naive value and only ever compared with other ``date_time`` values."""
+    return iso_wall_time(value)
 
 
 def _int(value: Any) -> int | None:

@@ -216,13 +216,25 @@ def parse_instances(answer: Any) -> list[InstanceInfo]:
 
 def _utc_instant(value: Any) -> datetime | None:
     """An ISO 8601 instant from Evolution's own database (``disconnectionAt``), or None."""
+    parsed = iso_wall_time(value)
+    return parsed.replace(tzinfo=UTC) if parsed is not None else None
+
+
+def iso_wall_time(value: Any) -> datetime | None:
+    """An ISO 8601 text as a naive UTC value (one without an offset taken as it is), or
+    None for anything else."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if parsed.tzinfo is not None:
+        try:
+            parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+        except OverflowError:  # year 1 or 9999 pushed past the calendar's edge
+            return None
+    return parsed
 
 
 def parse_webhook(answer: Any) -> WebhookInfo | None:
