@@ -241,3 +241,29 @@ def test_audit_export_refuses_an_id_past_64_bits(tmp_path: Path) -> None:
     result = evochips("audit", "export", "--after-id", "99999999999999999999", env=env)
     assert result.returncode == 2 and "--after-id" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_second_sandbox_on_the_same_state_file_is_refused(tmp_path: Path) -> None:
+    """Two sandboxes on one state file would both restore its instances and post their
+    webhooks, so one's simulated phone would move the chips of the other."""
+    from tests.servers import free_port, serving_evochips
+
+    state = tmp_path / "sandbox.json"
+    first_port = free_port()
+    env = {"EVOCHIPS_SANDBOX_STATE": str(state)}
+    with serving_evochips(first_port, env, "sandbox", "--port", str(first_port), ready="/"):
+        second = evochips("sandbox", "--port", str(free_port()), env=env)
+    assert second.returncode == 1
+    assert f"another sandbox is using the state file {state}" in second.stderr
+    assert "Traceback" not in second.stderr
+
+
+def test_the_sandbox_alone_on_a_port_in_use_says_so_in_one_sentence() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        busy = squatter.getsockname()[1]
+        result = evochips("sandbox", "--port", str(busy), env={})
+    assert result.returncode == 1
+    assert f"Error: cannot listen on 127.0.0.1:{busy}, the sandbox's port" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import socket
 from pathlib import Path
+from typing import TextIO
 from urllib.parse import urlsplit
 
 import click
@@ -129,14 +131,17 @@ def sandbox(
         global_webhook_url=global_webhook,
         state_file=state_file,
     )
-    logger.warning(SIMULATED, url, url)
-    uvicorn.run(
+    server = uvicorn.Config(
         create_sandbox(config),
         host=host,
         port=port,
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+    _refuse_if_taken(server, "the sandbox's port")
+    _claim_state_file(state_file)
+    logger.warning(SIMULATED, url, url)
+    uvicorn.Server(server).run()
 
 
 @click.command(help="Create or upgrade the database schema.")
@@ -165,6 +170,7 @@ def _sandbox_server(url: str, key: str) -> uvicorn.Config:
     config = SandboxConfig(
         global_key=key, server_url=url, state_file=Path(state) if state else None
     )
+    _claim_state_file(config.state_file)
     logger.warning(SIMULATED, url, url)
     return uvicorn.Config(
         create_sandbox(config),
@@ -173,6 +179,31 @@ def _sandbox_server(url: str, key: str) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+
+
+# Locks on sandbox state files, held for as long as this process runs.
+_HELD_STATE_FILES: list[TextIO] = []
+
+
+def _claim_state_file(path: Path | None) -> None:
+    """Refuse a state file another sandbox is using: both would load the same instances
+    and post their webhooks, so one's simulated phone would move the other's chips."""
+    if path is None:
+        return
+    lock = path.with_name(path.name + ".lock")
+    try:
+        handle = lock.open("a")
+    except OSError as exc:
+        raise click.ClickException(f"cannot use the sandbox state file {path}: {exc}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise click.ClickException(
+            f"another sandbox is using the state file {path}; stop it, or give this one "
+            "its own --state-file"
+        ) from exc
+    _HELD_STATE_FILES.append(handle)
 
 
 def _refuse_if_taken(config: uvicorn.Config, what: str) -> None:
