@@ -39,6 +39,9 @@ async def test_no_secret_reaches_logs_bodies_or_metadata(
     opened |= {"instance": "chip-0002", "apikey": INSTANCE_TOKEN,
                "server_url": f"http://evolution:{SECRET}@evolution.internal:8080"}  # fmt: skip
     opened["data"]["instance"] = "chip-0002"
+    # The webhook secret anywhere else, and keys in query strings, are blanked out too.
+    opened["data"]["copied"] = f"a relay pasted {SECRET} here"
+    opened["destination"] = f"https://relay.example.com/in?apikey={INSTANCE_TOKEN}&x=1"
 
     await receiver.post("/webhooks/evolution", json=qr)
     await receiver.post(f"/webhooks/evolution/k/{SECRET}/qrcode-updated", json=qr, headers={})

@@ -49,6 +49,10 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _PATH_SECRET = re.compile(r"(/webhooks/evolution/k/)[^/?#\s]*")
 # Credentials in a URL's authority (``https://user:password@host``), wherever they are.
 _URL_CREDENTIALS = re.compile(r"(\w://)[^/?#@\s]+@")
+# Query parameters that carry keys or tokens (``?apikey=...``, ``&token=...``).
+_QUERY_SECRET = re.compile(
+    r"([?&](?:api_?key|token|access_token|secret|jwt|key|password)=)[^&#\s]*", re.IGNORECASE
+)
 _SECRET_KEYS = frozenset({"apikey", "base64", "code", "pairingCode", "token", "hash", "jwt_key"})
 
 # Close reasons after which Evolution v2 does not reconnect by itself and a new QR is
@@ -94,8 +98,9 @@ class WebhookEvent:
     tag: str | None = None
 
 
-def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
-    """Read a decoded webhook body; ``suffix`` is the by-events URL suffix, if any.
+def read_event(body: Any, suffix: str | None = None, secrets: tuple[str, ...] = ()) -> WebhookEvent:
+    """Read a decoded webhook body; ``suffix`` is the by-events URL suffix, if any, and
+    ``secrets`` are values to blank out wherever they appear in the stored body.
 
     Never raises: a body we cannot use becomes an event with an ``ignore_reason``.
     """
@@ -123,7 +128,7 @@ def read_event(body: Any, suffix: str | None = None) -> WebhookEvent:
         instance=instance,
         date_time=date_time,
         dedupe_key=_dedupe_key(identity),
-        stored_body=redact(envelope) if event in HANDLED_EVENTS else None,
+        stored_body=redact(envelope, secrets) if event in HANDLED_EVENTS else None,
         signal=signal,
         ignore_reason=reason,
     )
@@ -142,23 +147,28 @@ def skimmed_event(event: str, instance: str | None, digest: str) -> WebhookEvent
     )
 
 
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with tokens, API keys and QR codes replaced, and with text a
-    database cannot store (NUL, lone surrogates) replaced by U+FFFD."""
+def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """A copy of ``value`` with tokens, API keys, QR codes, credentials in URLs and the
+    given ``secrets`` replaced, and with text a database cannot store (NUL, lone
+    surrogates) replaced by U+FFFD."""
     if isinstance(value, dict):
         return {
             _storable(str(key)): (
-                REDACTED if key in _SECRET_KEYS and item is not None else redact(item)
+                REDACTED if key in _SECRET_KEYS and item is not None else redact(item, secrets)
             )
             for key, item in value.items()
         }
     if isinstance(value, list):
-        return [redact(item) for item in value]
+        return [redact(item, secrets) for item in value]
     if isinstance(value, str):
         if "/k/" in value:  # Evolution echoes the delivery URL (``destination``) it used
             value = _PATH_SECRET.sub(r"\1" + REDACTED, value)
-        if "@" in value and "://" in value:
+        if "://" in value:
             value = _URL_CREDENTIALS.sub(r"\1" + REDACTED + "@", value)
+            value = _QUERY_SECRET.sub(r"\1" + REDACTED, value)
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
         return _storable(value)
     return value
 

@@ -79,7 +79,7 @@ def create_app(
                 return _error(400, "body is not JSON")
             if _deeper_than(body, MAX_JSON_DEPTH):
                 return _error(400, f"body nests deeper than {MAX_JSON_DEPTH} levels")
-            event = read_event(body, request.path_params.get("suffix"))
+            event = read_event(body, request.path_params.get("suffix"), (webhook_secret,))
         event = replace(event, tag=_instance_tag(request))
         if event.event not in HANDLED_EVENTS and event.event != UNNAMED:
             # Messages and the like: not evochips' business, and often thousands a second
