@@ -442,7 +442,9 @@ def _paired_number(chip: Chip, wuid: str | None) -> dict[str, Any]:
     number = owner_number(wuid)
     if number is None:
         return {}
-    return {"owner_number": number, "number_mismatch": not same_number(number, chip.telefone)}
+    # An adopted instance's chip has no registered number to differ from.
+    mismatch = bool(chip.telefone) and not same_number(number, chip.telefone)
+    return {"owner_number": number, "number_mismatch": mismatch}
 
 
 def _flags(chip: Chip) -> tuple[bool, bool]:

@@ -373,6 +373,15 @@ async def test_b23_the_paired_number_is_stored_and_compared_without_the_ninth_di
     shown = await via_api(db, "chip-07")
     assert (shown["owner_number"], shown["number_mismatch"]) == ("+5511900000005", True)
     assert (await via_api(db, "chip-01"))["number_mismatch"] is False
+
+    # A chip adopted from an instance made elsewhere has no registered number: whatever
+    # pairs is not a mismatch.
+    await given_chip(db, "chip-08", "pending", "connecting", telefone="")
+    adopted = copy.deepcopy(with_device)
+    adopted["body"]["instance"] = adopted["body"]["data"]["instance"] = "chip-08"
+    assert (await deliver(receiver, adopted)).status_code == 200
+    chip = await chip_named(db, "chip-08")
+    assert (chip.owner_number, chip.number_mismatch) == ("+5511900000005", False)
     row, line = await listed_by_cli(database_url, "chip-07")
     assert row["number_mismatch"] is True and "number_mismatch" in line.split()
     assert "+5511900000005" in line.split()
