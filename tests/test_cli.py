@@ -267,3 +267,17 @@ def test_the_sandbox_alone_on_a_port_in_use_says_so_in_one_sentence() -> None:
     assert result.returncode == 1
     assert f"Error: cannot listen on 127.0.0.1:{busy}, the sandbox's port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_on_another_port_than_the_public_url_warns(tmp_path: Path) -> None:
+    from tests.servers import free_port, serving_evochips
+
+    env = {**GOOD, "EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)}
+    assert evochips("migrate", env=env).returncode == 0
+    port = free_port()
+    with serving_evochips(port, env, "serve", "--port", str(port)) as server:
+        printed = server.output()
+    assert (
+        f"EVOCHIPS_PUBLIC_URL is http://127.0.0.1:8000 but this server listens on port {port}"
+        in printed
+    )

@@ -58,6 +58,7 @@ def serve(host: str, port: int, sandbox: bool, workers: int) -> None:
     os.environ.setdefault("EVOCHIPS_PUBLIC_URL", f"http://{local}:{port}")
     settings = or_exit(settings_module.load)
     configure_logging()
+    _warn_if_elsewhere(settings.public_url, port)
     if workers > 1:
         if sandbox:
             raise click.ClickException("--sandbox keeps its state in one process: use 1 worker")
@@ -179,6 +180,20 @@ def _sandbox_server(url: str, key: str) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
+
+
+def _warn_if_elsewhere(public_url: str, port: int) -> None:
+    """A loopback EVOCHIPS_PUBLIC_URL on another port is a settings file from another run:
+    chips created now would have their webhooks sent where this server is not."""
+    parts = urlsplit(public_url)
+    if parts.hostname in ("127.0.0.1", "localhost") and parts.port not in (None, port):
+        logger.warning(
+            "EVOCHIPS_PUBLIC_URL is %s but this server listens on port %d: chips created "
+            "now will have Evolution post their webhooks there; set EVOCHIPS_PUBLIC_URL to "
+            "this server's address",
+            public_url,
+            port,
+        )
 
 
 # Locks on sandbox state files, held for as long as this process runs.
