@@ -40,12 +40,13 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
             await evolution.aclose()
             await db.dispose()
 
+    kept = "a dry run, nothing changed" if dry_run else "corrections made before it are kept"
     try:
         report = asyncio.run(run())
     except (EvolutionError, DatabaseUnavailable) as exc:
-        _fail(as_json, f"reconcile pass stopped (corrections made before this are kept): {exc}")
+        _fail(as_json, f"reconcile pass stopped ({kept}): {exc}")
     except (asyncio.CancelledError, KeyboardInterrupt):  # SIGTERM, or Ctrl-C
-        _fail(as_json, "reconcile pass stopped by a signal (corrections made before it are kept)")
+        _fail(as_json, f"reconcile pass stopped by a signal ({kept})")
     if report is None:
         _fail(as_json, "another replica is running a pass; try again shortly", busy=True)
     if as_json:
