@@ -51,7 +51,7 @@ from evochips.lifecycle import (
 )
 from evochips.receiver.auth import TOKEN_HEADER
 from evochips.settings import Settings
-from evochips.statemachine import LIFECYCLE_TRIGGERS, InvalidTransition, Trigger
+from evochips.statemachine import LIFECYCLE_TRIGGERS, PAIRED, InvalidTransition, Trigger
 
 logger = logging.getLogger(__name__)
 
@@ -299,12 +299,19 @@ class InstanceManager:
             is_open = isinstance(answer, InstanceState) and answer.state == "open"
             if not (has_qr or is_open):  # v1 answers a closed instance's state; v2 count 0
                 answer = await self._evolution.connect(instance_name)
+        if chip.status in PAIRED and isinstance(answer, QrCode) and answer.ready:
+            # A paired session resumes without a QR. Evolution's QR cache outlives pairings,
+            # so a restart that finds the instance reconnecting (two at once, say) answers
+            # the last QR it ever showed; it is not one to scan.
+            answer = QrCode(count=answer.count)
         result = await self._connect_result(chip, answer)
         if chip.unstable_since is not None or chip.drops:
             # Someone acted on the flapping; drops from here on count afresh.
             await lifecycle.clear_unstable(self._db, chip.id)
         if result["connected"]:
             message = f"instance {instance_name} is connected; no QR needed"
+        elif result["qr_code"] is None and chip.status in PAIRED:
+            message = f"instance {instance_name} restarted; its paired session resumes, no QR"
         elif result["qr_code"] is None:
             message = f"instance {instance_name} restarted; its QR is not ready yet"
         else:

@@ -219,6 +219,25 @@ async def test_reconnect_of_a_closed_instance_falls_back_to_connect(
     assert base64.b64decode(result["qr_code"].split(",", 1)[1]).startswith(b"\x89PNG")
 
 
+async def test_reconnect_of_a_paired_chip_caught_reconnecting_shows_no_old_qr(
+    db: Database, manager: InstanceManager, evolution: FakeEvolution
+) -> None:
+    """Evolution's QR cache outlives pairings: a restart that finds a paired instance
+    reconnecting (a second restart at once, say) is answered with the last QR it showed.
+    The session resumes without one, so there is nothing to scan."""
+    created = await manager.criar_instancia("chip-0001", "5511900000001")
+    evolution.scan("chip-0001")
+    assert (await manager.verificar_conexao("chip-0001"))["connected"]
+    evolution.instances["chip-0001"].state = "connecting"
+
+    result = await manager.reconectar_instancia("chip-0001", created["chip_id"])
+
+    assert result["sucesso"] is True and result["qr_code"] is None
+    assert "paired session resumes" in result["message"]
+    chip = await chip_named(db, "chip-0001")
+    assert (chip.status, chip.evolution_qr_code) == ("warming", None)
+
+
 async def test_lifecycle_commands_follow_the_table(
     db: Database, manager: InstanceManager, evolution: FakeEvolution
 ) -> None:

@@ -2,6 +2,7 @@
 
 from evochips.statemachine.machine import (
     LIFECYCLE_TRIGGERS,
+    PAIRED,
     ChipStatus,
     ConnectionState,
     Decision,
@@ -14,6 +15,7 @@ from evochips.statemachine.machine import (
 
 __all__ = [
     "LIFECYCLE_TRIGGERS",
+    "PAIRED",
     "ChipStatus",
     "ConnectionState",
     "Decision",
