@@ -41,6 +41,7 @@ from evochips.evolution.shapes import (
     WebhookTarget,
 )
 from evochips.lifecycle import (
+    STEADY,
     ChipDeleted,
     ChipMoved,
     ChipNotFound,
@@ -305,8 +306,13 @@ class InstanceManager:
             # the last QR it ever showed; it is not one to scan.
             answer = QrCode(count=answer.count)
         result = await self._connect_result(chip, answer)
-        if chip.unstable_since is not None or chip.drops:
-            # Someone acted on the flapping; drops from here on count afresh.
+        if chip.unstable_since is not None:
+            # Someone acted on the flapping: the flag comes down, in the history as when
+            # reconciliation lowers it, and drops from here on count afresh.
+            note = {"reason": "reconnect command; drops count afresh from here"}
+            await lifecycle.fire(self._db, chip.id, Trigger.STEADY_AGAIN, Source.COMMAND,
+                                 Facts(note=note), dict(STEADY))  # fmt: skip
+        elif chip.drops:
             await lifecycle.clear_unstable(self._db, chip.id)
         if result["connected"]:
             message = f"instance {instance_name} is connected; no QR needed"

@@ -142,6 +142,8 @@ async def test_b02_the_flag_comes_down_when_the_connection_holds_or_someone_acts
     assert (await manager.reconectar_instancia("chip-01", chip.id))["sucesso"] is True
     chip = await chip_named(db, "chip-01")
     assert (chip.unstable_since, chip.drops) == (None, 0)
+    lowered = (await transitions(db, chip.id))[-1]
+    assert (lowered.trigger, lowered.source) == ("steady_again", "command")
 
     await flap(2)
     logout = step(200, sample("v2-logout-success"))
