@@ -281,3 +281,22 @@ def test_serve_on_another_port_than_the_public_url_warns(tmp_path: Path) -> None
         f"EVOCHIPS_PUBLIC_URL is http://127.0.0.1:8000 but this server listens on port {port}"
         in printed
     )
+
+
+@pytest.mark.parametrize("command", [("chips", "list"), ("chips", "show", "x"),
+                                     ("chips", "history", "x")])  # fmt: skip
+def test_a_failing_json_command_still_prints_a_json_document(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    (tmp_path / "cli.db").write_text("not a database\n")
+    result = evochips(*command, "--json", env={"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)})
+    assert result.returncode == 1
+    assert "not an SQLite database" in json.loads(result.stdout)["error"]
+
+
+def test_an_unknown_chip_with_json_is_a_json_error(tmp_path: Path) -> None:
+    env = {"EVOCHIPS_DATABASE_URL": _sqlite(tmp_path)}
+    assert evochips("migrate", env=env).returncode == 0
+    result = evochips("chips", "show", "nope", "--json", env=env)
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {"error": "no chip with instance name or id 'nope'"}

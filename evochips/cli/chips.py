@@ -14,7 +14,7 @@ import click
 import segno
 
 from evochips import settings as settings_module
-from evochips.cli.output import or_exit, print_fields, print_json, print_table, run_query
+from evochips.cli.output import fail, or_exit, print_fields, print_json, print_table, run_query
 from evochips.db import Database, queries
 from evochips.manager import InstanceManager
 from evochips.statemachine import LIFECYCLE_TRIGGERS, ChipStatus, lifecycle_triggers_from
@@ -36,7 +36,7 @@ def chips() -> None:
 @click.option("--all", "include_deleted", is_flag=True, help="Include deleted chips.")
 @as_json_option
 def list_chips(include_deleted: bool, as_json: bool) -> None:
-    rows = run_query(lambda db: queries.list_chips(db, include_deleted=include_deleted))
+    rows = run_query(lambda db: queries.list_chips(db, include_deleted=include_deleted), as_json)
     if as_json:
         print_json(rows)
         return
@@ -51,9 +51,9 @@ def list_chips(include_deleted: bool, as_json: bool) -> None:
 @click.argument("name")
 @as_json_option
 def show(name: str, as_json: bool) -> None:
-    chip = run_query(lambda db: queries.find(db, name))
+    chip = run_query(lambda db: queries.find(db, name), as_json)
     if chip is None:
-        raise click.ClickException(f"no chip with instance name or id {name!r}")
+        fail(f"no chip with instance name or id {name!r}", as_json)
     data = queries.chip_dict(chip)
     data["allowed_triggers"] = lifecycle_triggers_from(ChipStatus(chip.status))
     if as_json:
@@ -70,9 +70,9 @@ def history(name: str, as_json: bool) -> None:
         chip = await queries.find(db, name)
         return None if chip is None else await queries.history(db, chip.id)
 
-    rows = run_query(load)
+    rows = run_query(load, as_json)
     if rows is None:
-        raise click.ClickException(f"no chip with instance name or id {name!r}")
+        fail(f"no chip with instance name or id {name!r}", as_json)
     if as_json:
         print_json(rows)
         return

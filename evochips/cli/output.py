@@ -9,7 +9,7 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from sqlalchemy.engine import make_url
@@ -30,7 +30,15 @@ def or_exit(load: Callable[[], T]) -> T:
         sys.exit(2)
 
 
-def run_query(query: Callable[[Database], Awaitable[T]]) -> T:
+def fail(message: str, as_json: bool = False) -> NoReturn:
+    """Stop with ``message``; with --json also as ``{"error": ...}`` on stdout, so a script
+    reading it always gets a document."""
+    if as_json:
+        print_json({"error": message})
+    raise click.ClickException(message)
+
+
+def run_query(query: Callable[[Database], Awaitable[T]], as_json: bool = False) -> T:
     """Run ``query`` against the configured database and dispose of it afterwards."""
     url = or_exit(settings_module.database_url)
 
@@ -45,7 +53,7 @@ def run_query(query: Callable[[Database], Awaitable[T]]) -> T:
         return asyncio.run(run())
     except DatabaseUnavailable as exc:
         shown = make_url(url).render_as_string(hide_password=True)
-        raise click.ClickException(f"{exc} (EVOCHIPS_DATABASE_URL: {shown})") from exc
+        fail(f"{exc} (EVOCHIPS_DATABASE_URL: {shown})", as_json)
 
 
 def configure_logging() -> None:

@@ -10,7 +10,7 @@ from typing import NoReturn
 import click
 
 from evochips import settings as settings_module
-from evochips.cli.output import or_exit, print_json, print_table
+from evochips.cli.output import fail, or_exit, print_json, print_table
 from evochips.db import Database, DatabaseUnavailable
 from evochips.evolution.errors import EvolutionError
 from evochips.manager import evolution_from_settings
@@ -65,11 +65,12 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
 
 
 def _fail(as_json: bool, message: str, *, busy: bool = False) -> NoReturn:
-    """Stop with ``message``; with --json also as JSON on stdout, so a script reading it
-    always gets a document."""
+    """Stop with ``message`` (as JSON too with --json); a busy lease exits 3."""
+    if not busy:
+        fail(message, as_json)
     if as_json:
         print_json({"error": message})
-    raise (_Busy if busy else click.ClickException)(message)
+    raise _Busy(message)
 
 
 class _Busy(click.ClickException):
