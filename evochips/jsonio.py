@@ -12,10 +12,33 @@ import math
 from typing import Any
 
 
-def loads(data: bytes | str) -> Any:
-    """Decode ``data``; raises ValueError for anything that is not JSON, and RecursionError
-    for nesting deeper than Python's stack allows."""
-    return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite)
+def loads(data: bytes | str, *, unique_keys: bool = False) -> Any:
+    """Decode ``data``; raises ValueError for anything that is not JSON (and, with
+    ``unique_keys``, for an object that names a key twice, which JSON leaves undefined),
+    and RecursionError for nesting deeper than Python's stack allows."""
+    return json.loads(
+        data,
+        parse_constant=_refuse_constant,
+        parse_float=_finite,
+        object_pairs_hook=_unique if unique_keys else None,
+    )
+
+
+def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    decoded: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in decoded:
+            raise DuplicateKey(key)
+        decoded[key] = value
+    return decoded
+
+
+class DuplicateKey(ValueError):
+    """An object names ``key`` twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the key {key!r} appears twice")
+        self.key = key
 
 
 def _refuse_constant(name: str) -> None:

@@ -145,6 +145,10 @@ async def test_a_bad_create_names_every_bad_field_and_touches_nothing(
         content = b'{"instance_name": "loja-1", "telefone": ' + number + b"}"
         error = _error(await api.post("/api/v1/chips", content=content), 400, "validation")
         assert error["fields"] == {"body": "is not JSON"}
+    # JSON leaves a key named twice undefined; which one was meant is not guessed.
+    twice = b'{"instance_name": "loja-1", "instance_name": "loja-2", "telefone": "5511900000001"}'
+    error = _error(await api.post("/api/v1/chips", content=twice), 400, "validation")
+    assert error["fields"] == {"body": "names 'instance_name' twice"}
     assert evolution.calls == [] and await count(db, Chip) == 0
 
 

@@ -141,7 +141,9 @@ async def json_object(request: Request) -> dict[str, Any]:
             raise ApiError("body_too_large", f"body larger than {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
     try:
-        body = jsonio.loads(b"".join(chunks) or b"{}")
+        body = jsonio.loads(b"".join(chunks) or b"{}", unique_keys=True)
+    except jsonio.DuplicateKey as exc:
+        raise invalid({"body": f"names {exc.key[:64]!r} twice"}) from None
     except (ValueError, RecursionError):
         raise invalid({"body": "is not JSON"}) from None
     if not isinstance(body, dict):
