@@ -553,3 +553,24 @@ async def test_a_chip_shows_its_flags_and_the_number_it_paired(api: httpx.AsyncC
     assert (shown["owner_jid"], shown["owner_number"], shown["number_mismatch"]) == (
         "5511900000001@s.whatsapp.net", "+5511900000001", False,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("accept", "png"),
+    [
+        ("", False),
+        ("image/png", True),
+        ("application/json", False),
+        ("image/png, application/json", True),
+        ("image/png;q=0, application/json", False),
+        ("application/json, image/png;q=0.5", False),
+        ("image/png;q=0.9, */*;q=0.8", True),
+        ("*/*", False),
+        ("IMAGE/PNG; Q=1", True),
+        ("image/png;q=nan", False),
+    ],
+)
+def test_the_png_is_sent_when_accept_ranks_it_first(accept: str, png: bool) -> None:
+    from evochips.api.params import wants_png
+
+    assert wants_png(accept) is png

@@ -164,3 +164,30 @@ def parse_time(value: str) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def wants_png(accept: str) -> bool:
+    """Whether an ``Accept`` header asks for the PNG itself: ``image/png`` named with a
+    quality above zero and at least that of JSON (``application/json`` or a wildcard)."""
+    png = json = 0.0
+    for item in accept.split(","):
+        kind, _, options = item.partition(";")
+        kind = kind.strip().lower()
+        quality = _quality(options)
+        if kind == "image/png":
+            png = max(png, quality)
+        elif kind in ("application/json", "application/*", "*/*"):
+            json = max(json, quality)
+    return png > 0 and png >= json
+
+
+def _quality(options: str) -> float:
+    for option in options.split(";"):
+        name, _, value = option.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                quality = float(value)
+            except ValueError:
+                return 0.0
+            return quality if 0 <= quality <= 1 else 0.0
+    return 1.0

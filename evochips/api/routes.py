@@ -229,7 +229,7 @@ class _Api:
         chip = await self._live_chip(request)
         result = _succeeded(await self.manager.obter_qr_code(chip.instance_name))
         answer = {key: result[key] for key in ("qr_code", "code", "connected")}
-        if "image/png" not in request.headers.get("accept", ""):
+        if not params.wants_png(request.headers.get("accept", "")):
             return ApiJSONResponse(answer)
         png = _png(answer["qr_code"], answer["code"])
         if png is None:
