@@ -199,14 +199,15 @@ class _Pass:
         trigger: Trigger,
         note: dict[str, Any],
         changes: dict[str, Any] | None = None,
+        status_reason: int | None = None,
     ) -> Chip:
         """Correct ``chip`` unless it changed since the pass read it (raises ChipMoved);
         returns the chip as it is now (as it was, in a dry run)."""
         if self.dry_run:
             return chip
-        applied = await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE,
-                                       Facts(note=note), changes,
-                                       expected_version=chip.version)  # fmt: skip
+        facts = Facts(note=note, status_reason=status_reason)
+        applied = await lifecycle.fire(self.r._db, chip.id, trigger, Source.RECONCILE, facts,
+                                       changes, expected_version=chip.version)  # fmt: skip
         return applied.chip
 
     # -- a chip whose instance Evolution does not list -------------------------------------
@@ -276,11 +277,15 @@ class _Pass:
         if lost is not None:
             if not self._spend():
                 return
-            detail = (f"Evolution closed the session ({info.disconnection_reason}) and "
-                      f"is {info.state} again; the chip is still {chip.status}")  # fmt: skip
+            now = "is closed" if info.state == "close" else f"is {info.state} again"
+            detail = (f"Evolution closed the session ({info.disconnection_reason}) and {now}; "
+                      f"the chip is still {chip.status}")  # fmt: skip
             note = {"reason": detail, "disconnection_reason": info.disconnection_reason}
-            await self._fire(chip, lost, note)
+            chip = await self._fire(chip, lost, note, status_reason=info.disconnection_reason)
             self.found("session_lost", chip.instance_name, chip.id, detail, f"synced ({lost})")
+            if not self.dry_run and _state_of(info) not in (None, chip.connection_state):
+                # It may already be connecting for a new QR: follow that in the same pass.
+                await self._sync(chip, info)
             return
         if _state_of(info) not in (None, chip.connection_state) and not _finer(chip, info):
             chip = await self._sync(chip, info)

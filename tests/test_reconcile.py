@@ -545,13 +545,16 @@ async def test_a_lost_logout_is_found_though_the_instance_shows_a_new_qr(
 
     report = await _reconciler(db, client).run()
 
+    # The logout, then the connection Evolution has started for a new QR, in one pass.
     assert [(f.kind, f.action) for f in report.findings] == [
-        ("session_lost", "synced (logged_out)")]  # fmt: skip
-    assert (await chip_named(db, NAME)).status == "pending"
-    second = await _reconciler(db, client).run()  # then it follows the new connection
-    assert [f.kind for f in second.findings] == ["state_differs"]
+        ("session_lost", "synced (logged_out)"),
+        ("state_differs", "synced (connecting)"),
+    ]
     chip = await chip_named(db, NAME)
     assert (chip.status, chip.connection_state) == ("pending", "connecting")
+    assert chip.status_reason == 401
+    logged_out = [row for row in await transitions(db, chip.id) if row.trigger == "logged_out"]
+    assert logged_out[-1].status_reason == 401
     assert (await _reconciler(db, client).run()).findings == []
 
 
