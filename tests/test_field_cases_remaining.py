@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from evochips import lifecycle
-from evochips.db import Database
+from evochips.db import Chip, Database
 from evochips.db.models import utcnow
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager, normalise_phone
@@ -363,12 +363,16 @@ async def test_b23_the_paired_number_is_stored_and_compared_without_the_ninth_di
         assert chip.number_mismatch is False
     assert _lines(caplog, "not its registered number") == []
 
+    async def paired(name: str, telefone: str) -> Chip:
+        """The number of ``with_device`` pairs with chip ``name``, registered as ``telefone``."""
+        await given_chip(db, name, "pending", "connecting", telefone=telefone)
+        webhook = copy.deepcopy(with_device)
+        webhook["body"]["instance"] = webhook["body"]["data"]["instance"] = name
+        assert (await deliver(receiver, webhook)).status_code == 200
+        return await chip_named(db, name)
+
     # Beside them, a number that really is another one is flagged, and said once.
-    await given_chip(db, "chip-07", "pending", "connecting", telefone="5511900000007")
-    other = copy.deepcopy(with_device)
-    other["body"]["instance"] = other["body"]["data"]["instance"] = "chip-07"
-    assert (await deliver(receiver, other)).status_code == 200
-    chip = await chip_named(db, "chip-07")
+    chip = await paired("chip-07", "5511900000007")
     assert (chip.owner_number, chip.number_mismatch) == ("+5511900000005", True)
     assert len(_lines(caplog, "not its registered number")) == 1
 
@@ -376,17 +380,14 @@ async def test_b23_the_paired_number_is_stored_and_compared_without_the_ninth_di
     assert (shown["owner_number"], shown["number_mismatch"]) == ("+5511900000005", True)
     assert (await via_api(db, "chip-01"))["number_mismatch"] is False
 
-    # A chip adopted from an instance made elsewhere has no registered number: whatever
-    # pairs is not a mismatch.
-    await given_chip(db, "chip-08", "pending", "connecting", telefone="")
-    adopted = copy.deepcopy(with_device)
-    adopted["body"]["instance"] = adopted["body"]["data"]["instance"] = "chip-08"
-    assert (await deliver(receiver, adopted)).status_code == 200
-    chip = await chip_named(db, "chip-08")
-    assert (chip.owner_number, chip.number_mismatch) == ("+5511900000005", False)
     row, line = await listed_by_cli(database_url, "chip-07")
     assert row["number_mismatch"] is True and "number_mismatch" in line.split()
     assert "+5511900000005" in line.split()
+
+    # A chip adopted from an instance made elsewhere has no registered number: whatever
+    # pairs is not a mismatch.
+    chip = await paired("chip-08", "")
+    assert (chip.owner_number, chip.number_mismatch) == ("+5511900000005", False)
 
 
 async def test_b23_create_sends_no_number_so_no_formatted_one_is_refused(db: Database) -> None:
