@@ -151,13 +151,9 @@ async def _unavailable_on_failure() -> AsyncIterator[None]:
     except (OperationalError, InterfaceError) as exc:
         raise DatabaseUnavailable(_describe(exc)) from exc
     except DBAPIError as exc:
-        if exc.connection_invalidated or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES):
-            raise DatabaseUnavailable(_describe(exc)) from exc
-        if _sqlite_error(exc) in _SQLITE_FILE_ERRORS:
-            raise DatabaseUnavailable(
-                f"database unavailable: {_SQLITE_FILE_ERRORS[_sqlite_error(exc)]}"
-            ) from exc
-        raise
+        if not _says_unavailable(exc):
+            raise
+        raise DatabaseUnavailable(_describe(exc)) from exc
     except PoolTimeout as exc:
         raise DatabaseUnavailable("no free database connection in time") from exc
     except (OSError, TimeoutError) as exc:
@@ -190,6 +186,16 @@ _SQLSTATE_MEANINGS = {
 }
 
 
+def _says_unavailable(exc: DBAPIError) -> bool:
+    """Whether an error is about the database's state (gone, read-only, not a database),
+    not about the statement that met it."""
+    return (
+        exc.connection_invalidated
+        or _sqlstate(exc).startswith(_UNAVAILABLE_SQLSTATES)
+        or _sqlite_error(exc) in _SQLITE_FILE_ERRORS
+    )
+
+
 def _sqlite_error(exc: DBAPIError) -> str:
     return str(getattr(exc.orig, "sqlite_errorname", None) or "")
 
@@ -207,6 +213,8 @@ def _describe(exc: DBAPIError) -> str:
         return "database schema missing: run `evochips migrate`"
     if _sqlstate(exc) in _SQLSTATE_MEANINGS:
         return f"database unavailable: {_SQLSTATE_MEANINGS[_sqlstate(exc)]}"
+    if _sqlite_error(exc) in _SQLITE_FILE_ERRORS:
+        return f"database unavailable: {_SQLITE_FILE_ERRORS[_sqlite_error(exc)]}"
     original = exc.orig if exc.orig is not None else exc
     return f"database unavailable ({type(original).__name__})"
 
