@@ -109,7 +109,9 @@ def read_event(body: Any, suffix: str | None = None, secrets: tuple[str, ...] = 
     event = _name(envelope.get("event")) or _name(by_url) or ""
     instance = _text(envelope.get("instance"), MAX_INSTANCE_LENGTH)
     data = envelope.get("data")
-    date_time = _parse_date_time(envelope.get("date_time"))
+    # Server-local wall time labelled "Z" (reference section 3.1): kept naive, and only
+    # ever compared with other events' date_time.
+    date_time = iso_wall_time(envelope.get("date_time"))
 
     signal, reason = _signal(event, data)
     if not isinstance(body, dict):
@@ -253,13 +255,6 @@ def _dedupe_key(identity: Any) -> str:
     the instance and the global webhook. A body without an event is hashed whole."""
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _parse_date_time(value: Any) -> datetime | None:
-    """Evolution's ``date_time`` is server-local wall time labelled ``Z`` (its usual, false
-    label, which leaves the wall time as it is; a real offset is honoured); it is kept as
-    a naive value and only ever compared with other ``date_time`` values."""
-    return iso_wall_time(value)
 
 
 def _int(value: Any) -> int | None:
