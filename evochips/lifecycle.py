@@ -13,6 +13,7 @@ import enum
 import functools
 import logging
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -244,7 +245,8 @@ async def apply_decision(
     # A Core UPDATE: the ORM's bulk-update path costs more than the statement itself on
     # this, the hottest write; the locked ``chip`` takes the stored row as returned.
     result = await session.execute(_chip_update(chip, plan.values).returning(*_CHIPS.c))
-    _took(session, chip, result.one_or_none(), plan)
+    row = result.one_or_none()
+    _took(session, chip, None if row is None else row._mapping, plan)
     if decision.recorded:
         await _append_history(
             session, chip.id, decision, source, plan.facts, webhook_event_id, plan.now
@@ -282,9 +284,10 @@ async def apply_with_delivery(
     result = (await session.execute(statement, parameters)).one_or_none()
     if result is None:
         return None
-    values = result._asdict()
-    delivery_id = values.pop("delivery_id")
-    _took(session, chip, result if values["id"] is not None else None, plan, values)
+    stored = result._asdict()
+    delivery_id = stored.pop("delivery_id")
+    # The chip's columns are NULL when its update matched nothing (outer join).
+    _took(session, chip, stored if stored["id"] is not None else None, plan)
     return int(delivery_id)
 
 
@@ -384,18 +387,12 @@ def _chip_update(chip: Chip, values: dict[str, Any]) -> Any:
     )
 
 
-def _took(
-    session: AsyncSession,
-    chip: Chip,
-    row: Any,
-    plan: _Plan,
-    columns: dict[str, Any] | None = None,
-) -> None:
-    """Refresh ``chip`` from the row its update returned (its ``columns``, if given), and
-    log what the write did once it commits; raises ConcurrentChange if nothing matched."""
-    if row is None:
+def _took(session: AsyncSession, chip: Chip, stored: Mapping[Any, Any] | None, plan: _Plan) -> None:
+    """Refresh ``chip`` from the columns its update returned, and log what the write did
+    once it commits; raises ConcurrentChange if the update matched nothing (None)."""
+    if stored is None:
         raise ConcurrentChange(f"chip {chip.id} changed while locked")
-    for column, value in (columns if columns is not None else row._mapping).items():
+    for column, value in stored.items():
         set_committed_value(chip, column, value)
     decision = plan.decision
     if decision.recorded:
