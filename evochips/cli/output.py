@@ -30,12 +30,14 @@ def or_exit(load: Callable[[], T]) -> T:
         sys.exit(2)
 
 
-def fail(message: str, as_json: bool = False) -> NoReturn:
-    """Stop with ``message``; with --json also as ``{"error": ...}`` on stdout, so a script
-    reading it always gets a document."""
+def fail(
+    message: str, as_json: bool = False, error: type[click.ClickException] = click.ClickException
+) -> NoReturn:
+    """Stop with ``message`` (raising ``error``, whose exit code it is); with --json also
+    as ``{"error": ...}`` on stdout, so a script reading it always gets a document."""
     if as_json:
         print_json({"error": message})
-    raise click.ClickException(message)
+    raise error(message)
 
 
 def run_query(query: Callable[[Database], Awaitable[T]], as_json: bool = False) -> T:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import NoReturn
 
 import click
 
@@ -44,11 +43,11 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
     try:
         report = asyncio.run(run())
     except (EvolutionError, DatabaseUnavailable) as exc:
-        _fail(as_json, f"reconcile pass stopped ({kept}): {exc}")
+        fail(f"reconcile pass stopped ({kept}): {exc}", as_json)
     except (asyncio.CancelledError, KeyboardInterrupt):  # SIGTERM, or Ctrl-C
-        _fail(as_json, f"reconcile pass stopped by a signal ({kept})")
+        fail(f"reconcile pass stopped by a signal ({kept})", as_json)
     if report is None:
-        _fail(as_json, "another replica is running a pass; try again shortly", busy=True)
+        fail("another replica is running a pass; try again shortly", as_json, _Busy)
     if as_json:
         print_json(report.as_dict())
         return
@@ -62,15 +61,6 @@ def reconcile(dry_run: bool, as_json: bool) -> None:
         print_table(("kind", "instance_name", "action", "detail"), rows)
     else:
         click.echo("everything agrees")
-
-
-def _fail(as_json: bool, message: str, *, busy: bool = False) -> NoReturn:
-    """Stop with ``message`` (as JSON too with --json); a busy lease exits 3."""
-    if not busy:
-        fail(message, as_json)
-    if as_json:
-        print_json({"error": message})
-    raise _Busy(message)
 
 
 class _Busy(click.ClickException):
