@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from evochips.db import ChipTransition, Database, WebhookEventRow
 from evochips.evolution.client import EvolutionClient
+from evochips.evolution.events import redact
 from evochips.evolution.shapes import WebhookTarget
 from evochips.manager import InstanceManager
 from evochips.receiver.auth import TOKEN_HEADER
@@ -75,3 +76,16 @@ async def test_no_secret_reaches_logs_bodies_or_metadata(
             assert secret not in text, f"a secret reached the {place}"
     # Two bodies: the QR's second delivery is a copy, counted on the first one's row.
     assert len(bodies) == 2 and len(metas) >= 3, "the canary must have stored something"
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("http://u:p@host/x", "http://[redacted]@host/x"),
+        ("https://h/in?apikey=K1&x=1#f", "https://h/in?apikey=[redacted]&x=1#f"),
+        ("mail me@example.com", "mail me@example.com"),
+        (f"pasted {SECRET} here", "pasted [redacted] here"),
+    ],
+)
+def test_stored_text_loses_credentials_and_the_given_secrets(text: str, stored: str) -> None:
+    assert redact({"field": text}, (SECRET, "")) == {"field": stored}

@@ -169,7 +169,7 @@ def redact(value: Any, secrets: tuple[str, ...] = ()) -> Any:
             value = _URL_CREDENTIALS.sub(r"\1" + REDACTED + "@", value)
             value = _QUERY_SECRET.sub(r"\1" + REDACTED, value)
         for secret in secrets:
-            if secret in value:
+            if secret and secret in value:  # an empty one would be "in" every text
                 value = value.replace(secret, REDACTED)
         return _storable(value)
     return value
