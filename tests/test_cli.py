@@ -300,3 +300,12 @@ def test_an_unknown_chip_with_json_is_a_json_error(tmp_path: Path) -> None:
     result = evochips("chips", "show", "nope", "--json", env=env)
     assert result.returncode == 1
     assert json.loads(result.stdout) == {"error": "no chip with instance name or id 'nope'"}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_a_free_port_passes_the_in_use_check_on_either_address_family(host: str) -> None:
+    import uvicorn
+
+    from evochips.cli.service import _refuse_if_taken
+
+    _refuse_if_taken(uvicorn.Config(app=None, host=host, port=0), "the receiver's port")

@@ -224,7 +224,8 @@ def _claim_state_file(path: Path | None) -> None:
 def _refuse_if_taken(config: uvicorn.Config, what: str) -> None:
     """Say so in one sentence when a port is in use: uvicorn, serving beside another
     server, would end the process with a traceback from each."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET  # --host :: or ::1
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((config.host, config.port))
