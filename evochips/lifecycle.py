@@ -10,7 +10,6 @@ No network call happens while a transaction here is open.
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -18,12 +17,19 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, true, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
-from evochips.db import Chip, ChipTransition, Database, WebhookEventRow, log_after_commit
+from evochips.db import (
+    Chip,
+    ChipTransition,
+    Database,
+    WebhookEventRow,
+    log_after_commit,
+    statements,
+)
 from evochips.db.models import utcnow
 from evochips.evolution.events import QrImage
 from evochips.phones import owner_number, same_number
@@ -37,11 +43,7 @@ from evochips.statemachine import (
 
 logger = logging.getLogger(__name__)
 
-_CHIPS = Chip.metadata.tables[Chip.__tablename__]
 
-
-# An arbitrary constant naming the PostgreSQL advisory lock that orders history rows.
-HISTORY_ORDER_LOCK = 0x65766F63
 # A connection that drops from open this many times within the window, by Evolution's
 # date_time, is flapping (two sockets replacing each other, 440, loop close/connecting/
 # open; reference section 2.5).
@@ -244,7 +246,9 @@ async def apply_decision(
     plan = _plan(chip, decision, source, facts, changes)
     # A Core UPDATE: the ORM's bulk-update path costs more than the statement itself on
     # this, the hottest write; the locked ``chip`` takes the stored row as returned.
-    result = await session.execute(_chip_update(chip, plan.values).returning(*_CHIPS.c))
+    result = await session.execute(
+        statements.chip_update(chip, plan.values).returning(*statements.CHIPS.c)
+    )
     row = result.one_or_none()
     _took(session, chip, None if row is None else row._mapping, plan)
     if decision.recorded:
@@ -271,7 +275,7 @@ async def apply_with_delivery(
     either. Returns the delivery's id, or None."""
     plan = _plan(chip, decision, Source.WEBHOOK, facts, changes)
     columns = tuple(sorted(plan.values))
-    statement = _one_statement(delivery, columns, decision.recorded)
+    statement = statements.delivery_applied(delivery, columns, decision.recorded)
     parameters = {
         "chip_id": chip.id,
         "chip_version": chip.version,
@@ -289,40 +293,6 @@ async def apply_with_delivery(
     # The chip's columns are NULL when its update matched nothing (outer join).
     _took(session, chip, stored if stored["id"] is not None else None, plan)
     return int(delivery_id)
-
-
-@functools.cache
-def _one_statement(delivery: Any, columns: tuple[str, ...], recorded: bool) -> Any:
-    """The statement of :func:`apply_with_delivery` for a chip update that sets
-    ``columns``; built once for each such set, since building it costs more than running
-    it."""
-    stored = delivery.cte("delivery")
-    updated = (
-        update(_CHIPS)
-        .where(
-            _CHIPS.c.id == bindparam("chip_id"),
-            _CHIPS.c.version == bindparam("chip_version"),
-            select(stored.c.id).exists(),
-        )
-        .values(
-            {column: bindparam(f"s_{column}", type_=_CHIPS.c[column].type) for column in columns}
-        )
-        .returning(*_CHIPS.c)
-        .cte("updated")
-    )
-    statement = select(stored.c.id.label("delivery_id"), *updated.c).select_from(
-        stored.outerjoin(updated, true())
-    )
-    if not recorded:
-        return statement
-    names = [name for name in _HISTORY_COLUMNS if name != "webhook_event_id"]
-    values = [bindparam(f"h_{name}", type_=_HISTORY.c[name].type) for name in names]
-    turn = select(func.pg_advisory_xact_lock(HISTORY_ORDER_LOCK)).subquery("turn")
-    source = select(updated.c.id, _next_seq(updated.c.id), *values, stored.c.id).select_from(
-        updated.join(stored, true()).join(turn, true())
-    )
-    history = insert(_HISTORY).from_select(["chip_id", "seq", *names, "webhook_event_id"], source)
-    return statement.add_cte(history.cte("history"))
 
 
 @dataclass(frozen=True)
@@ -377,14 +347,6 @@ def _plan(
         facts = replace(facts, note={**facts.note, **note})
     # Read before the update: it refreshes ``chip`` itself.
     return _Plan(decision, source, facts, values, _flags(chip), now)
-
-
-def _chip_update(chip: Chip, values: dict[str, Any]) -> Any:
-    return (
-        update(_CHIPS)
-        .where(_CHIPS.c.id == chip.id, _CHIPS.c.version == chip.version)
-        .values(**values)
-    )
 
 
 def _took(session: AsyncSession, chip: Chip, stored: Mapping[Any, Any] | None, plan: _Plan) -> None:
@@ -518,7 +480,7 @@ async def _append_history(
 ) -> None:
     row = _history_values(chip_id, decision, source, facts, now)
     await session.execute(
-        _APPEND_HISTORY[session.get_bind().dialect.name],
+        statements.APPEND_HISTORY[session.get_bind().dialect.name],
         {**row, "webhook_event_id": webhook_event_id},
     )
 
@@ -541,46 +503,6 @@ def _history_values(
     }
 
 
-_HISTORY = ChipTransition.metadata.tables[ChipTransition.__tablename__]
-_HISTORY_COLUMNS = ("from_status", "to_status", "from_connection", "to_connection", "trigger",
-                    "source", "status_reason", "metadata", "webhook_event_id",
-                    "created_at")  # fmt: skip
-
-
-def _next_seq(chip_id: Any) -> Any:
-    """One past the chip's last history ``seq`` (the chip is locked, so no other writer
-    can take it)."""
-    return (
-        select(func.coalesce(func.max(_HISTORY.c.seq), 0) + 1)
-        .where(_HISTORY.c.chip_id == chip_id)
-        .scalar_subquery()
-    )
-
-
-def _append_history_statement(*, take_turn: bool) -> Any:
-    """The history row's INSERT, its values bound by name; built once. With ``take_turn``
-    (PostgreSQL) the same statement first waits for the history-order lock (see
-    ``_take_history_turn``), which saves a round trip on every transition."""
-    chip = bindparam("chip", type_=_HISTORY.c.chip_id.type)
-    if not take_turn:
-        return insert(_HISTORY).values(
-            chip_id=chip,
-            seq=_next_seq(chip),
-            **{name: bindparam(name) for name in _HISTORY_COLUMNS},
-        )
-    # The row's id is drawn from its sequence only once the lock's one row is produced.
-    turn = select(func.pg_advisory_xact_lock(HISTORY_ORDER_LOCK)).subquery("turn")
-    values = [bindparam(name, type_=_HISTORY.c[name].type) for name in _HISTORY_COLUMNS]
-    row = select(chip, _next_seq(chip), *values).select_from(turn)
-    return insert(_HISTORY).from_select(["chip_id", "seq", *_HISTORY_COLUMNS], row)
-
-
-_APPEND_HISTORY = {
-    "postgresql": _append_history_statement(take_turn=True),
-    "sqlite": _append_history_statement(take_turn=False),
-}
-
-
 def _baseline(chip: Chip, values: dict[str, Any]) -> dict[str, Any]:
     """A change evochips made itself becomes the point late webhooks are replayed from:
     it has no Evolution date_time to be ordered by, so it is not replayed itself."""
@@ -597,14 +519,6 @@ def _baseline(chip: Chip, values: dict[str, Any]) -> dict[str, Any]:
         "baseline_event_id": last_event,
         "baseline_deliveries": 0,
     }
-
-
-async def _take_history_turn(session: AsyncSession) -> None:
-    """History ids must follow commit order, or a reader paging the fleet-wide feed by id
-    could pass an id whose row commits later. On PostgreSQL writers take turns from here
-    to their commit (a few milliseconds); SQLite has a single writer already."""
-    if session.get_bind().dialect.name == "postgresql":
-        await session.execute(select(func.pg_advisory_xact_lock(HISTORY_ORDER_LOCK)))
 
 
 def _metadata(facts: Facts) -> dict[str, Any]:
@@ -645,7 +559,7 @@ async def _insert_chip(
         updated_at=now,
     )
     session.add(chip)
-    await _take_history_turn(session)
+    await statements.take_history_turn(session)
     session.add(
         ChipTransition(
             chip_id=chip_id,
